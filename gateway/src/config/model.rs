@@ -1,0 +1,275 @@
+//! The validated, immutable config model. Everything here has been checked;
+//! runtime parts are built from it by the application.
+
+use super::error::Location;
+pub use super::raw::{LogFormat, UpstreamProtocol};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use regex::Regex;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub source: PathBuf,
+    pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+    pub listeners: Vec<ListenerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub trust_forwarded: bool,
+    pub limits: Limits,
+    #[serde(skip)]
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertConfig {
+    pub cert: PathBuf,
+    /// Never shown by `/config`: the path of a private key is not a secret,
+    /// but redacting it keeps operators from pasting key material here.
+    #[serde(serialize_with = "redacted")]
+    pub key: PathBuf,
+    pub server_names: Vec<String>,
+    pub default: bool,
+    #[serde(skip)]
+    pub location: Location,
+}
+
+fn redacted<S: serde::Serializer, T>(_: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
+}
+
+/// Connection and request limits of one listener. Defaults are in
+/// [`Limits::default`] and documented in `docs/config.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    #[serde(with = "humantime_serde_compat")]
+    pub first_byte_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub tls_handshake_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub body_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_request_line_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            first_byte_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_request_line_bytes: 8 * 1024,
+            max_body_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            h2_max_concurrent_streams: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub protocol: UpstreamProtocol,
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub response_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_endpoint: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Empty means every listener.
+    pub listeners: Vec<String>,
+    /// Empty means any host.
+    pub hosts: Vec<HostMatch>,
+    pub path: PathMatch,
+    /// Empty means any method.
+    #[serde(serialize_with = "display_all")]
+    pub methods: Vec<Method>,
+    pub headers: Vec<ValueMatch>,
+    pub query: Vec<ValueMatch>,
+    pub action: RouteAction,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    #[serde(skip)]
+    pub location: Location,
+}
+
+fn display_all<S: serde::Serializer, T: std::fmt::Display>(
+    v: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub enum HostMatch {
+    /// A lower-case host name without port.
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches any name ending in it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum PathMatch {
+    Exact(String),
+    /// Segment-aware: `/api` matches `/api` and `/api/x`, never `/apix`.
+    Prefix(String),
+    Pattern(PathPattern),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathPattern {
+    pub source: String,
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Segment {
+    Literal(String),
+    /// `{name}`: exactly one non-empty segment.
+    Param(String),
+    /// `{*name}`: the rest of the path (possibly empty); only last.
+    Rest(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValueMatch {
+    pub name: String,
+    pub kind: ValueMatchKind,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum ValueMatchKind {
+    Present,
+    Exact(String),
+    Regex(#[serde(serialize_with = "regex_source")] Regex),
+}
+
+fn regex_source<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum RouteAction {
+    Forward(ForwardAction),
+    Direct(DirectResponse),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardAction {
+    pub upstream: String,
+    pub strip_prefix: Option<String>,
+    /// A template such as `/v2/{id}` filled from the path pattern's params.
+    pub rewrite_path: Option<String>,
+    /// Replaces the `Host` sent upstream; by default the client's is kept.
+    pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectResponse {
+    #[serde(serialize_with = "display_one")]
+    pub status: StatusCode,
+    pub body: String,
+    pub content_type: String,
+}
+
+fn display_one<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeaderOps {
+    #[serde(serialize_with = "header_pairs")]
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "header_pairs")]
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "display_all")]
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn header_pairs<S: serde::Serializer>(
+    v: &[(HeaderName, HeaderValue)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(k, v)| {
+        (
+            k.as_str(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )
+    }))
+}
+
+/// Durations serialise as humantime strings ("10s") in `/config`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}

@@ -1,0 +1,182 @@
+//! The TOML file as written: serde structs with spans, no meaning attached yet.
+//!
+//! Every struct denies unknown fields so that a typo is an error, not a silently
+//! ignored setting. Values that need checking later keep their span so the
+//! error can point at them.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub admin: Option<S<RawAdmin>>,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub shutdown_grace: Option<S<String>>,
+    #[serde(default)]
+    pub listeners: Vec<S<RawListener>>,
+    #[serde(default)]
+    pub upstreams: Vec<S<RawUpstream>>,
+    #[serde(default)]
+    pub routes: Vec<S<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: S<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default)]
+    pub format: Option<LogFormat>,
+    #[serde(default)]
+    pub level: Option<S<String>>,
+    #[serde(default)]
+    pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: S<String>,
+    pub address: S<String>,
+    #[serde(default)]
+    pub tls: Option<S<RawTls>>,
+    #[serde(default)]
+    pub trust_forwarded: bool,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificates: Vec<S<RawCert>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert: S<String>,
+    pub key: S<String>,
+    #[serde(default)]
+    pub server_names: Vec<S<String>>,
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub first_byte_timeout: Option<S<String>>,
+    pub tls_handshake_timeout: Option<S<String>>,
+    pub header_read_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub body_read_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<u64>>,
+    pub max_headers: Option<S<u64>>,
+    pub max_request_line_bytes: Option<S<u64>>,
+    pub max_body_bytes: Option<S<u64>>,
+    pub max_connections: Option<S<u64>>,
+    pub max_connections_per_ip: Option<S<u64>>,
+    pub h2_max_concurrent_streams: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: S<String>,
+    pub endpoints: Vec<S<String>>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Option<S<String>>,
+    pub response_timeout: Option<S<String>>,
+    pub pool_idle_timeout: Option<S<String>>,
+    pub pool_max_idle_per_endpoint: Option<S<u64>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP.
+    H2c,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: S<String>,
+    #[serde(default)]
+    pub listeners: Vec<S<String>>,
+    #[serde(default)]
+    pub hosts: Vec<S<String>>,
+    pub path: Option<S<String>>,
+    pub path_prefix: Option<S<String>>,
+    pub path_pattern: Option<S<String>>,
+    #[serde(default)]
+    pub methods: Vec<S<String>>,
+    #[serde(default)]
+    pub headers: Vec<S<RawValueMatch>>,
+    #[serde(default)]
+    pub query: Vec<S<RawValueMatch>>,
+    pub upstream: Option<S<String>>,
+    pub direct_response: Option<S<RawDirectResponse>>,
+    pub strip_prefix: Option<S<String>>,
+    pub rewrite_path: Option<S<String>>,
+    pub host_rewrite: Option<S<String>>,
+    #[serde(default)]
+    pub request_headers: RawHeaderOps,
+    #[serde(default)]
+    pub response_headers: RawHeaderOps,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValueMatch {
+    pub name: S<String>,
+    pub exact: Option<String>,
+    pub regex: Option<S<String>>,
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectResponse {
+    pub status: S<u16>,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub add: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub remove: Vec<S<String>>,
+}
