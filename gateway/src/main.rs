@@ -1,1 +1,79 @@
-fn main() {}
+//! The `wasmgate` binary: `run` the gateway or `check` a config file.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "wasmgate",
+    version,
+    about = "An API gateway with sandboxed WebAssembly plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = "config/wasmgate.toml")]
+        config: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Validate a config file (and load its certificates) without starting.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config, threads) = match cli.command {
+        Some(Command::Check { file }) => {
+            return match wasmgate::app::check(&file) {
+                Ok(()) => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::Run { config, threads }) => (config, threads),
+        None => (PathBuf::from("config/wasmgate.toml"), None),
+    };
+    let cfg = match wasmgate::config::load(&config) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    wasmgate::app::init_tracing(&cfg);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = threads {
+        rt.worker_threads(n.max(1));
+    }
+    let result = rt
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(wasmgate::app::run(config, cfg)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wasmgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

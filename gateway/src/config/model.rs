@@ -109,7 +109,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UpstreamConfig {
     pub name: String,
     pub endpoints: Vec<String>,

@@ -1,0 +1,497 @@
+#!/usr/bin/env bash
+# wasmgate benchmark: HTTP/1.1 proxying, no plugins.
+#
+# Method (see bench/README.md and BRIEF §5): the proxy under test is pinned to
+# CPU 0 with one worker/thread; the upstream (nginx, 1 worker, `return 200 "ok"`)
+# and the load generator (wrk -t1 -c50) share CPU 1. For each peer we run a short
+# warm-up, then ROUNDS rounds of DURATION seconds, and record req/s, p99 latency
+# and CPU microseconds per request on CPU 0 (from /proc/stat). Medians are reported.
+#
+# Environment:
+#   ROUNDS=3          measured rounds per peer
+#   DURATION=10       seconds per round
+#   WARMUP=2          warm-up seconds per peer
+#   CONNS=50          wrk connections
+#   PEERS="direct nginx haproxy wasmgate"   which peers to run, in order
+#   NO_BUILD=1        do not run `cargo build --release -p wasmgate`
+#   WASMGATE_BIN=...  binary to use (default: <target dir>/release/wasmgate)
+#   NO_INSTALL=1      never call apt-get (fail if a tool is missing)
+#   KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
+#   RESULTS=...       output file (default: bench/results/latest.md)
+set -euo pipefail
+
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-2}"
+CONNS="${CONNS:-50}"
+PEERS="${PEERS:-direct nginx haproxy wasmgate}"
+NO_BUILD="${NO_BUILD:-0}"
+NO_INSTALL="${NO_INSTALL:-0}"
+KEEP_TMP="${KEEP_TMP:-0}"
+PROXY_CPU=0
+LOAD_CPU=1
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RESULTS="${RESULTS:-$ROOT/bench/results/latest.md}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+for v in ROUNDS DURATION WARMUP CONNS; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+[ -r /proc/stat ] || die "/proc/stat not readable (Linux only)"
+NPROC="$(nproc)"
+[ "$NPROC" -ge 2 ] || die "need at least 2 CPUs (proxy on CPU $PROXY_CPU, upstream+wrk on CPU $LOAD_CPU); have $NPROC"
+[ "$NPROC" -eq 2 ] || log "note: $NPROC CPUs; only CPU $PROXY_CPU and CPU $LOAD_CPU are used"
+
+want_peer() { case " $PEERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# ---------------------------------------------------------------- install ---
+need_pkgs=()
+command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx)
+command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v taskset >/dev/null 2>&1 || need_pkgs+=(util-linux)
+if want_peer haproxy; then command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy); fi
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    [ "$NO_INSTALL" = 1 ] && die "missing: ${need_pkgs[*]} (NO_INSTALL=1)"
+    [ "$(id -u)" -eq 0 ] || die "missing: ${need_pkgs[*]}; run as root or install them"
+    log "installing: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2
+    # nginx/haproxy postinst try to start the system service (port 80 etc.); if
+    # that fails the packages are still usable for us, so only the binaries count.
+    apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2 \
+        || log "apt-get install reported an error; checking the binaries anyway"
+    for b in nginx wrk curl taskset; do command -v "$b" >/dev/null 2>&1 || die "$b still missing after install"; done
+    if want_peer haproxy; then command -v haproxy >/dev/null 2>&1 || die "haproxy still missing after install"; fi
+fi
+NGINX="$(command -v nginx)"
+
+# ------------------------------------------------------------------ build ---
+if want_peer wasmgate && [ "$NO_BUILD" != 1 ]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, or set NO_BUILD=1)"
+    log "building: cargo build --release -p wasmgate"
+    (cd "$ROOT" && cargo build --release -p wasmgate) >&2
+fi
+
+# --------------------------------------------------------------- plumbing ---
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-bench.XXXXXX")"
+chmod 755 "$TMP"
+PIDS=()
+
+stop_pid() {
+    local pid="$1" i
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [ "$KEEP_TMP" = 1 ]; then log "kept temp dir $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Free loopback ports: bind them all at once to :0 so they are distinct.
+free_ports() {
+    local n="$1"
+    if command -v python3 >/dev/null 2>&1; then
+        python3 - "$n" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+    else
+        # Fallback: random high ports with nothing listening on them.
+        local out=() p tries=0
+        while [ "${#out[@]}" -lt "$n" ]; do
+            tries=$((tries + 1)); [ "$tries" -lt 1000 ] || die "could not find free ports"
+            p=$((20000 + RANDOM % 30000))
+            case " ${out[*]} " in *" $p "*) continue ;; esac
+            if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then out+=("$p"); fi
+        done
+        echo "${out[*]}"
+    fi
+}
+
+# Start a background server: start_bg <logname> <cmd...>; sets LAST_PID.
+start_bg() {
+    local name="$1"; shift
+    "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# wait_http <url> <pid> : poll until the URL answers 200 "ok" (bounded, ~10 s).
+wait_http() {
+    local url="$1" pid="$2" i body
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        body="$(curl -s --max-time 1 -o - -w ' %{http_code}' "$url" 2>/dev/null || true)"
+        [ "$body" = "ok 200" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+show_logs() {
+    local name="$1" f
+    for f in "$TMP/$name.out" "$TMP/$name.err"; do
+        [ -s "$f" ] && { log "--- tail of $(basename "$f")"; tail -n 20 "$f" >&2; }
+    done
+    return 0
+}
+
+# cpu0 sample: "<total> <idle+iowait> <steal>" in jiffies (total = user..steal; guest is in user).
+cpu_sample() {
+    awk -v c="cpu$PROXY_CPU" '$1 == c { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6, $9; exit }' /proc/stat
+}
+
+# CPU time (jiffies, utime+stime+cutime+cstime) of every process that is not
+# this script or one of its descendants: a check that the machine was quiet.
+others_sample() {
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v self="$$" '
+        { n = split($0, p, ") "); split(p[n], t, " "); pid = $1 + 0
+          ppid[pid] = t[2] + 0; cpu[pid] = t[12] + t[13] + t[14] + t[15] }
+        END { for (pid in cpu) { q = pid + 0; mine = 0
+                  for (d = 0; d < 64 && q > 1; d++) { if (q == self) { mine = 1; break }; q = ppid[q] }
+                  if (!mine) printf "%d %d\n", pid, cpu[pid] } }' | sort -n
+}
+# others_delta <before-file> <after-file>: jiffies used by other processes in between
+others_delta() {
+    awk 'NR == FNR { b[$1] = $2; next } { d = $2 - b[$1]; if (d > 0) s += d } END { print s + 0 }' "$1" "$2"
+}
+
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# wrk time string (e.g. 530.00us, 1.20ms, 2.01s, 1.00m) -> milliseconds
+to_ms() {
+    awk -v t="$1" 'BEGIN {
+        if (match(t, /^[0-9.]+/)) { n = substr(t, 1, RLENGTH); u = substr(t, RLENGTH + 1) } else { print "nan"; exit }
+        if (u == "us") f = 0.001; else if (u == "ms") f = 1; else if (u == "s") f = 1000;
+        else if (u == "m") f = 60000; else if (u == "h") f = 3600000; else { print "nan"; exit }
+        printf "%.3f\n", n * f }'
+}
+
+fmt_int() { # 84123.4 -> 84,123
+    awk -v x="$1" 'BEGIN { if (x == "nan" || x == "") { print "–"; exit }
+        s = sprintf("%.0f", x); o = ""
+        while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+        print s o }'
+}
+fmt_f() { awk -v x="$2" -v d="$1" 'BEGIN { if (x == "nan" || x == "") print "–"; else printf "%." d "f\n", x }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "nan" || b == "nan" || b + 0 == 0) print "–"; else printf "%.2f\n", a / b }'; }
+
+WRK=(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS")
+
+# Results, keyed by peer id.
+declare -A LABEL RPS P99 CPU UTIL STATUS NOTE
+ROUNDS_MD=""
+
+# bench_peer <id> <url>: warm-up + rounds; fills RPS/P99/CPU/UTIL/NOTE.
+bench_peer() {
+    local id="$1" url="$2" r out c0 c1 t0 i0 s0 t1 i1 s1 steal others busy total reqs rps p99 cpu util non2xx sockerr
+    local -a rps_l=() p99_l=() cpu_l=() util_l=()
+    local errs=0
+    log "$id: warm-up ${WARMUP}s"
+    "${WRK[@]}" -d"${WARMUP}s" "$url" >"$TMP/$id.warmup.txt" 2>&1 || true
+    for r in $(seq 1 "$ROUNDS"); do
+        others_sample >"$TMP/others.before"
+        c0="$(cpu_sample)"
+        out="$("${WRK[@]}" -d"${DURATION}s" --latency "$url" 2>&1)" || { log "$id: wrk failed: $out"; return 1; }
+        c1="$(cpu_sample)"
+        others_sample >"$TMP/others.after"
+        others="$(others_delta "$TMP/others.before" "$TMP/others.after")"
+        printf '%s\n' "$out" >"$TMP/$id.round$r.txt"
+        read -r t0 i0 s0 <<<"$c0"; read -r t1 i1 s1 <<<"$c1"
+        total=$((t1 - t0)); busy=$(((t1 - t0) - (i1 - i0))); steal=$((s1 - s0))
+        reqs="$(awk '/ requests in / { print $1; exit }' <<<"$out")"
+        rps="$(awk '/^Requests\/sec:/ { print $2; exit }' <<<"$out")"
+        p99="$(awk '/Latency Distribution/ { d = 1 } d && $1 == "99%" { print $2; exit }' <<<"$out")"
+        non2xx="$(awk '/Non-2xx or 3xx responses:/ { print $NF; exit }' <<<"$out")"
+        sockerr="$(awk '/Socket errors:/ { sub(/^ *Socket errors: */, ""); print; exit }' <<<"$out")"
+        if [ -z "$reqs" ] || [ -z "$rps" ] || [ -z "$p99" ] || [ "$reqs" -eq 0 ]; then
+            log "$id: could not parse wrk output:"; printf '%s\n' "$out" >&2; return 1
+        fi
+        p99="$(to_ms "$p99")"
+        # jiffies are 1/USER_HZ = 10 ms = 10000 us
+        cpu="$(awk -v b="$busy" -v n="$reqs" 'BEGIN { printf "%.3f\n", b * 10000 / n }')"
+        util="$(awk -v b="$busy" -v t="$total" 'BEGIN { if (t > 0) printf "%.1f\n", 100 * b / t; else print "nan" }')"
+        rps_l+=("$rps"); p99_l+=("$p99"); cpu_l+=("$cpu"); util_l+=("$util")
+        # Other processes using more than 2 % of one core: the figures are suspect.
+        if [ "$others" -gt $((DURATION * 2)) ]; then
+            NOISY="${NOISY:-}${LABEL[$id]} round $r: other processes' CPU time grew by $((others * 10)) ms; "
+        fi
+        if [ -n "$non2xx" ] || [ -n "$sockerr" ]; then
+            errs=1
+            NOTE[$id]="${NOTE[$id]:-}round $r: ${non2xx:+non-2xx $non2xx; }${sockerr:+socket errors $sockerr; }"
+        fi
+        ROUNDS_MD+="| ${LABEL[$id]} | $r | $(fmt_int "$rps") | $reqs | $(fmt_f 2 "$p99") | $busy / $total | $steal | $(fmt_f 1 "$util") % | $others | $(fmt_f 2 "$cpu") |"$'\n'
+        log "$id: round $r/$ROUNDS: $(fmt_int "$rps") req/s, p99 $(fmt_f 2 "$p99") ms, cpu$PROXY_CPU busy $busy/$total jiffies ($(fmt_f 1 "$util") %), $(fmt_f 2 "$cpu") us/req${non2xx:+, NON-2XX $non2xx}${sockerr:+, socket errors: $sockerr}"
+    done
+    RPS[$id]="$(median "${rps_l[@]}")"
+    P99[$id]="$(median "${p99_l[@]}")"
+    CPU[$id]="$(median "${cpu_l[@]}")"
+    UTIL[$id]="$(median "${util_l[@]}")"
+    STATUS[$id]=ok
+    [ "$errs" = 0 ] || STATUS[$id]=errors
+    return 0
+}
+
+NGINX_USER_LINE=""
+[ "$(id -u)" -ne 0 ] || NGINX_USER_LINE="user root root;"
+
+nginx_common() { # <name> : global part of an nginx config, everything under $TMP/<name>/
+    local d="$TMP/$1"
+    mkdir -p "$d/tmp"
+    cat <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+$NGINX_USER_LINE
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; multi_accept on; }
+EOF
+}
+
+nginx_http_common() {
+    local d="$TMP/$1"
+    cat <<EOF
+    access_log off;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    default_type text/plain;
+EOF
+}
+
+# ---------------------------------------------------------------- servers ---
+read -r UP_PORT NGX_PORT HAP_PORT WG_PORT <<<"$(free_ports 4)"
+log "ports: upstream=$UP_PORT nginx-proxy=$NGX_PORT haproxy=$HAP_PORT wasmgate=$WG_PORT; temp dir $TMP"
+
+# Upstream: nginx, 1 worker, on the load CPU.
+mkdir -p "$TMP/upstream"
+{
+    nginx_common upstream
+    echo "http {"
+    nginx_http_common upstream
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$UP_PORT backlog=4096;
+        location / { return 200 "ok"; }
+    }
+}
+EOF
+} >"$TMP/upstream/nginx.conf"
+start_bg upstream taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/upstream" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf"
+UP_PID=$LAST_PID
+wait_http "http://127.0.0.1:$UP_PORT/" "$UP_PID" || { show_logs upstream; cat "$TMP/upstream/error.log" >&2 2>/dev/null || true; die "upstream nginx did not come up"; }
+log "upstream nginx ready on 127.0.0.1:$UP_PORT (CPU $LOAD_CPU)"
+
+NGINX_VER="$("$NGINX" -v 2>&1 | sed -n 's#.*nginx/##p' | head -n1)"
+WRK_VER="$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)"
+HAP_VER=""
+if want_peer haproxy; then HAP_VER="$(haproxy -v 2>&1 | awk 'NR == 1 { print $3 }' || true)"; fi
+GIT_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then GIT_REV="$GIT_REV-dirty"; fi
+
+ORDER=()
+for peer in $PEERS; do
+    case "$peer" in
+    direct)
+        ORDER+=(direct); LABEL[direct]="direct (wrk → upstream)"
+        bench_peer direct "http://127.0.0.1:$UP_PORT/" || STATUS[direct]="failed: wrk"
+        ;;
+    nginx)
+        ORDER+=(nginx); LABEL[nginx]="nginx ${NGINX_VER}"
+        mkdir -p "$TMP/nginx"
+        {
+            nginx_common nginx
+            echo "http {"
+            nginx_http_common nginx
+            cat <<EOF
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+        } >"$TMP/nginx/nginx.conf"
+        start_bg nginx taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
+        pid=$LAST_PID
+        if wait_http "http://127.0.0.1:$NGX_PORT/" "$pid"; then
+            bench_peer nginx "http://127.0.0.1:$NGX_PORT/" || STATUS[nginx]="failed: wrk"
+        else
+            show_logs nginx; STATUS[nginx]="failed: did not start"
+        fi
+        stop_pid "$pid"
+        ;;
+    haproxy)
+        ORDER+=(haproxy); LABEL[haproxy]="haproxy ${HAP_VER}"
+        mkdir -p "$TMP/haproxy"
+        cat >"$TMP/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$HAP_PORT
+    default_backend be
+backend be
+    server up 127.0.0.1:$UP_PORT
+EOF
+        # -db: foreground, no daemon
+        start_bg haproxy taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy/haproxy.cfg"
+        pid=$LAST_PID
+        if wait_http "http://127.0.0.1:$HAP_PORT/" "$pid"; then
+            bench_peer haproxy "http://127.0.0.1:$HAP_PORT/" || STATUS[haproxy]="failed: wrk"
+        else
+            show_logs haproxy; STATUS[haproxy]="failed: did not start"
+        fi
+        stop_pid "$pid"
+        ;;
+    wasmgate)
+        ORDER+=(wasmgate); LABEL[wasmgate]="wasmgate ($GIT_REV)"
+        if [ ! -x "$WASMGATE_BIN" ]; then
+            log "wasmgate: skipped: binary missing ($WASMGATE_BIN)"
+            STATUS[wasmgate]="skipped: binary missing"
+            continue
+        fi
+        mkdir -p "$TMP/wasmgate"
+        cat >"$TMP/wasmgate/wasmgate.toml" <<EOF
+[log]
+level = "warn"
+access_log = false
+
+[[listeners]]
+name = "bench"
+address = "127.0.0.1:$WG_PORT"
+
+[[upstreams]]
+name = "nginx"
+endpoints = ["127.0.0.1:$UP_PORT"]
+
+[[routes]]
+name = "all"
+upstream = "nginx"
+EOF
+        start_bg wasmgate taskset -c "$PROXY_CPU" "$WASMGATE_BIN" run --config "$TMP/wasmgate/wasmgate.toml" --threads 1
+        pid=$LAST_PID
+        # It prints `ready` on stdout once serving; wait for that (bounded), then check by HTTP.
+        seen_ready=0
+        for _ in $(seq 1 200); do
+            grep -qx 'ready' "$TMP/wasmgate.out" 2>/dev/null && { seen_ready=1; break; }
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        if wait_http "http://127.0.0.1:$WG_PORT/" "$pid"; then
+            [ "$seen_ready" = 1 ] || NOTE[wasmgate]="no \`ready\` line on stdout within 10 s; "
+            bench_peer wasmgate "http://127.0.0.1:$WG_PORT/" || STATUS[wasmgate]="failed: wrk"
+            kill -0 "$pid" 2>/dev/null || { NOTE[wasmgate]="${NOTE[wasmgate]:-}process exited during the run; "; show_logs wasmgate; }
+        else
+            show_logs wasmgate; STATUS[wasmgate]="failed: did not start"
+        fi
+        stop_pid "$pid"
+        ;;
+    *) die "unknown peer '$peer' (known: direct nginx haproxy wasmgate)" ;;
+    esac
+done
+
+# ----------------------------------------------------------------- report ---
+CPU_MODEL="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+[ -n "$CPU_MODEL" ] || CPU_MODEL="$(lscpu 2>/dev/null | awk -F': *' '/Model name/ { print $2; exit }')"
+DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
+DIRECT_RPS="${RPS[direct]:-}"
+NGINX_CPU="${CPU[nginx]:-}"
+
+REPORT="$(
+    echo "## HTTP/1.1 proxying, no plugins"
+    echo
+    echo "- date: $DATE"
+    echo "- machine: $NPROC CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r)"
+    echo "- versions: nginx ${NGINX_VER:-?}, wrk ${WRK_VER:-?}${HAP_VER:+, haproxy $HAP_VER}, wasmgate git $GIT_REV"
+    echo "- method: proxy on CPU $PROXY_CPU (1 worker/thread); upstream nginx (1 worker, \`return 200 \"ok\"\`, keep-alive) and \`wrk -t1 -c$CONNS --latency\` on CPU $LOAD_CPU; ${WARMUP} s warm-up, then medians of $ROUNDS × ${DURATION} s rounds; CPU µs/req = CPU $PROXY_CPU busy time from /proc/stat ÷ requests"
+    echo
+    echo "| proxy | req/s | p99 ms | CPU µs/req on proxy core | req/s vs direct | CPU vs nginx |"
+    echo "|---|---|---|---|---|---|"
+    for id in "${ORDER[@]}"; do
+        st="${STATUS[$id]:-failed}"
+        case "$st" in
+        ok | errors) ;;
+        *) echo "| ${LABEL[$id]} | $st | – | – | – | – |"; continue ;;
+        esac
+        rps_cell="$(fmt_int "${RPS[$id]}")"
+        # The proxy core is not the bottleneck if it was under 90 % busy.
+        if [ "$id" != direct ] && awk -v u="${UTIL[$id]}" 'BEGIN { exit !(u < 90) }'; then rps_cell="$rps_cell (rig-capped)"; fi
+        if [ "$id" = direct ]; then cpu_cell="–"; cpu_ratio="–"; else cpu_cell="$(fmt_f 1 "${CPU[$id]}")"; cpu_ratio="$(ratio "${CPU[$id]}" "$NGINX_CPU")"; fi
+        echo "| ${LABEL[$id]} | $rps_cell | $(fmt_f 2 "${P99[$id]}") | $cpu_cell | $(ratio "${RPS[$id]}" "$DIRECT_RPS") | $cpu_ratio |"
+    done
+    echo
+    echo "\"rig-capped\": CPU $PROXY_CPU was under 90 % busy, so CPU $LOAD_CPU (upstream + wrk) limited req/s; compare CPU µs/req instead."
+    for id in "${ORDER[@]}"; do
+        [ "${STATUS[$id]:-}" = errors ] && echo "**Warning** ${LABEL[$id]}: ${NOTE[$id]:-}"
+        [ "${STATUS[$id]:-}" = ok ] && [ -n "${NOTE[$id]:-}" ] && echo "Note ${LABEL[$id]}: ${NOTE[$id]}"
+    done
+    if [ -n "${NOISY:-}" ]; then
+        echo
+        echo "**Warning: the machine was not quiet** (other processes used CPU during measured rounds; rerun on an idle machine): $NOISY"
+    fi
+    echo
+    echo "<details><summary>per-round figures</summary>"
+    echo
+    echo "| proxy | round | req/s | requests | p99 ms | CPU $PROXY_CPU busy / total jiffies | of which steal | CPU $PROXY_CPU busy | other processes, jiffies (both CPUs) | µs/req |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    printf '%s' "$ROUNDS_MD"
+    echo
+    echo "</details>"
+)"
+
+mkdir -p "$(dirname "$RESULTS")"
+printf '%s\n' "$REPORT" >"$RESULTS"
+printf '%s\n' "$REPORT"
+log "written to $RESULTS"

@@ -1,0 +1,411 @@
+//! The request's life, phase by phase, in [`handle`]:
+//!
+//! 1. **admit**: request id, request-line length, smuggling check, host and
+//!    path normalisation;
+//! 2. **route**: the router picks a route (404 if none);
+//! 3. **direct**: a direct-response route answers here;
+//! 4. **upstream request**: endpoint picked, path rewritten, hop-by-hop
+//!    headers stripped, forwarding headers and route header ops applied, body
+//!    wrapped with size and progress limits;
+//! 5. **exchange**: sent over the upstream pool with a response deadline;
+//! 6. **response**: hop-by-hop headers stripped, `Via` and route header ops
+//!    applied, upgrades tunnelled;
+//! 7. **log**: when the response body ends, one access-log event and the
+//!    request metrics.
+//!
+//! Every failure is a [`ProxyError`], turned into a response in one place.
+
+mod body;
+mod error;
+mod headers;
+mod upgrade;
+
+pub use error::ProxyError;
+pub use headers::is_upgrade;
+
+use crate::config::{DirectResponse, Limits, RouteAction, UpstreamProtocol};
+use crate::metrics::{self, RouteLabel, RouteStatus};
+use crate::router::{self, RequestHead};
+use crate::runtime::Snapshot;
+use crate::upstream::{Body, BoxError, Upstream};
+use body::{find_body_error, BodyError, LimitedBody, ObservedBody};
+use bytes::Bytes;
+use headers::{ClientSide, X_REQUEST_ID};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the proxy knows about the client connection a request came on.
+pub struct ConnCtx {
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub tls: bool,
+    pub trust_forwarded: bool,
+    pub limits: Limits,
+    pub shared: Arc<ConnShared>,
+}
+
+/// State shared between a connection's I/O guard and its requests.
+#[derive(Default)]
+pub struct ConnShared {
+    /// Set by the HTTP/1 head scanner when a request carried both
+    /// `Content-Length` and `Transfer-Encoding` (hyper would silently drop
+    /// the former; we refuse the request instead).
+    pub smuggling: AtomicBool,
+    /// Requests whose response has not finished yet.
+    pub in_flight: AtomicUsize,
+    /// Requests started on this connection.
+    pub started: AtomicU64,
+}
+
+/// Fields of the access-log event, filled in as the request moves on.
+struct Access {
+    start: Instant,
+    request_id: HeaderValue,
+    method: http::Method,
+    host: String,
+    path: String,
+    route: Option<Arc<str>>,
+    endpoint: Option<String>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+/// Handles one request on a config snapshot. Never fails: errors become
+/// responses.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnCtx>,
+    snap: Arc<Snapshot>,
+) -> Response<Body> {
+    conn.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    conn.shared.started.fetch_add(1, Ordering::Relaxed);
+    let request_id = headers::request_id(req.headers());
+    let mut access = Access {
+        start: Instant::now(),
+        request_id: request_id.clone(),
+        method: req.method().clone(),
+        host: String::new(),
+        path: req.uri().path().to_string(),
+        route: None,
+        endpoint: None,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+    };
+    let mut resp = match proxy(req, &conn, &snap, &mut access).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some((upstream, kind)) = e.upstream_kind() {
+                metrics::global().upstream_error(upstream, kind);
+                tracing::warn!(request_id = ?request_id, error = %e, "upstream failure");
+            }
+            e.into_response(request_id.to_str().unwrap_or("-"))
+        }
+    };
+    resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+    let status = resp.status();
+    let access_log = snap.config.log.access_log;
+    let shared = conn.shared.clone();
+    let client = conn.client;
+    resp.map(move |b| {
+        ObservedBody::new(b, move |bytes_out, complete| {
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            finish(access, status, client, bytes_out, complete, access_log);
+        })
+        .boxed_unsync()
+    })
+}
+
+/// Phase 7: metrics and the access-log event.
+fn finish(
+    a: Access,
+    status: StatusCode,
+    client: SocketAddr,
+    bytes_out: u64,
+    complete: bool,
+    log: bool,
+) {
+    let elapsed = a.start.elapsed();
+    let route = a.route.as_deref().unwrap_or("");
+    let m = metrics::global();
+    m.requests
+        .get_or_create(&RouteStatus {
+            route: route.to_string(),
+            status: status.as_u16(),
+        })
+        .inc();
+    m.request_duration
+        .get_or_create(&RouteLabel {
+            route: route.to_string(),
+        })
+        .observe(elapsed.as_secs_f64());
+    if log {
+        tracing::info!(
+            target: "wasmgate::access",
+            request_id = a.request_id.to_str().unwrap_or("-"),
+            client = %client,
+            method = %a.method,
+            host = %a.host,
+            path = %a.path,
+            route,
+            upstream = a.endpoint.as_deref().unwrap_or(""),
+            status = status.as_u16(),
+            bytes_in = a.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            complete,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "access"
+        );
+    }
+}
+
+async fn proxy(
+    mut req: Request<Incoming>,
+    conn: &ConnCtx,
+    snap: &Snapshot,
+    access: &mut Access,
+) -> Result<Response<Body>, ProxyError> {
+    // Phase 1: admit.
+    let limits = &conn.limits;
+    let line_len =
+        req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    if line_len > limits.max_request_line_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
+    if req.version() <= Version::HTTP_11
+        && req.headers().contains_key(header::TRANSFER_ENCODING)
+        && conn.shared.smuggling.load(Ordering::Relaxed)
+    {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    let authority = request_authority(&req)?;
+    let host = host_without_port(&authority).to_ascii_lowercase();
+    access.host.clone_from(&host);
+    let path = router::normalize_path(req.uri().path())
+        .ok_or(ProxyError::BadRequest("request target must be a path"))?
+        .into_owned();
+
+    // Phase 2: route.
+    let head = RequestHead {
+        listener: &conn.listener,
+        host: &host,
+        path: &path,
+        query: req.uri().query(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let matched = snap.router.lookup(&head).ok_or(ProxyError::NoRoute)?;
+    let route = matched.route;
+    access.route = Some(snap.route_name(matched.index));
+
+    // Phase 3: direct response.
+    let forward = match &route.action {
+        RouteAction::Direct(d) => {
+            let mut resp = direct_response(d);
+            route.response_headers.apply(resp.headers_mut());
+            return Ok(resp);
+        }
+        RouteAction::Forward(f) => f,
+    };
+
+    // Phase 4: upstream request.
+    let upstream = snap
+        .upstreams
+        .get(&forward.upstream)
+        .ok_or_else(|| ProxyError::NoEndpoint {
+            upstream: forward.upstream.clone(),
+        })?;
+    let endpoint = upstream.pick().ok_or_else(|| ProxyError::NoEndpoint {
+        upstream: upstream.name.clone(),
+    })?;
+    access.endpoint = Some(endpoint.to_string());
+    let upgrade = is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
+    if let Some(len) = content_length(&req) {
+        if len > limits.max_body_bytes {
+            return Err(ProxyError::BodyTooLarge {
+                limit: limits.max_body_bytes,
+            });
+        }
+    }
+    let new_path = router::rewrite_path(&matched, &path);
+    let path_and_query = match (new_path.as_deref().unwrap_or(&path), req.uri().query()) {
+        (p, Some(q)) => format!("{p}?{q}"),
+        (p, None) => p.to_string(),
+    };
+    let uri: Uri = format!("http://{endpoint}{path_and_query}")
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, incoming) = req.into_parts();
+    let mut out =
+        Request::builder()
+            .method(parts.method)
+            .uri(uri)
+            .version(match upstream.protocol {
+                UpstreamProtocol::H2c => Version::HTTP_2,
+                UpstreamProtocol::Http1 => Version::HTTP_11,
+            });
+    let headers = out
+        .headers_mut()
+        .ok_or(ProxyError::BadRequest("invalid request"))?;
+    *headers = parts.headers;
+    headers::strip_hop_by_hop(headers, upgrade);
+    headers::add_forwarding(
+        headers,
+        &ClientSide {
+            addr: conn.client,
+            tls: conn.tls,
+            host: &authority,
+            trust_forwarded: conn.trust_forwarded,
+            version: parts.version,
+        },
+    );
+    let host_value = forward.host_rewrite.as_deref().unwrap_or(&authority);
+    if let Ok(v) = HeaderValue::from_str(host_value) {
+        headers.insert(header::HOST, v);
+    }
+    headers.insert(&X_REQUEST_ID, access.request_id.clone());
+    route.request_headers.apply(headers);
+    let body: Body = if upgrade {
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    } else {
+        LimitedBody::new(
+            incoming,
+            limits.max_body_bytes,
+            limits.body_read_timeout,
+            access.bytes_in.clone(),
+        )
+        .boxed_unsync()
+    };
+    let out = out
+        .body(body)
+        .map_err(|_| ProxyError::BadRequest("invalid request"))?;
+
+    // Phase 5: exchange.
+    let mut resp = exchange(upstream, endpoint, out).await?;
+
+    // Phase 6: response.
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+    let version = resp.version();
+    headers::append_via(resp.headers_mut(), version);
+    route.response_headers.apply(resp.headers_mut());
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        upgrade::tunnel(client_upgrade, upstream_upgrade, access.request_id.clone());
+    }
+    Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+}
+
+/// Phase 5: one exchange with the upstream under its response deadline.
+async fn exchange(
+    upstream: &Upstream,
+    endpoint: &str,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let fail = |e: hyper_util::client::legacy::Error| {
+        if let Some(b) = find_body_error(&e) {
+            return match b {
+                BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit: *limit },
+                BodyError::Stalled => ProxyError::BodyTimeout,
+            };
+        }
+        let (upstream, endpoint) = (upstream.name.clone(), endpoint.to_string());
+        if e.is_connect() {
+            if has_timeout(&e) {
+                ProxyError::UpstreamConnectTimeout { upstream, endpoint }
+            } else {
+                ProxyError::UpstreamConnect { upstream, endpoint }
+            }
+        } else {
+            ProxyError::UpstreamProtocol {
+                upstream,
+                endpoint,
+                reason: error_chain(&e),
+            }
+        }
+    };
+    match tokio::time::timeout(upstream.response_timeout, upstream.client().request(req)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            upstream: upstream.name.clone(),
+            endpoint: endpoint.to_string(),
+        }),
+    }
+}
+
+fn has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// The authority the client addressed: `:authority` on HTTP/2, else `Host`.
+fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str().to_string());
+    }
+    match req.headers().get(header::HOST).map(|h| h.to_str()) {
+        Some(Ok(h)) if !h.is_empty() => Ok(h.to_string()),
+        Some(_) => Err(ProxyError::BadRequest("invalid Host header")),
+        None if req.version() == Version::HTTP_10 => Ok(String::new()),
+        None => Err(ProxyError::BadRequest("missing Host header")),
+    }
+}
+
+fn host_without_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .split(']')
+            .next()
+            .map_or(authority, |h| &authority[..h.len() + 1]);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn direct_response(d: &DirectResponse) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(d.body.clone()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = d.status;
+    if let Ok(ct) = HeaderValue::from_str(&d.content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    resp
+}
