@@ -38,7 +38,7 @@ impl PathIndex {
     }
 
     /// Every route indexed under a key that could match `path`.
-    fn candidates<'s>(&'s self, path: &str, mut f: impl FnMut(usize)) {
+    fn candidates(&self, path: &str, mut f: impl FnMut(usize)) {
         if let Some(v) = self.exact.get(path) {
             v.iter().for_each(|&i| f(i));
         }
