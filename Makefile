@@ -1,0 +1,14 @@
+# The two commands of the README:
+#   make run    run the gateway on the bundled example config
+#   make test   run the whole test suite (what CI runs)
+
+.PHONY: run test bench
+
+run:
+	./scripts/run-example.sh
+
+test:
+	./scripts/test.sh
+
+bench:
+	./bench/run.sh
