@@ -62,6 +62,24 @@ pub struct ConnShared {
     pub started: AtomicU64,
 }
 
+/// Counts a request as in flight on its connection until dropped, which
+/// happens when its response body ends or the request is abandoned.
+struct InFlight(Arc<ConnShared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<ConnShared>) -> InFlight {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        shared.started.fetch_add(1, Ordering::Relaxed);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Fields of the access-log event, filled in as the request moves on.
 struct Access {
     start: Instant,
@@ -81,8 +99,7 @@ pub async fn handle(
     conn: Arc<ConnCtx>,
     snap: Arc<Snapshot>,
 ) -> Response<Body> {
-    conn.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-    conn.shared.started.fetch_add(1, Ordering::Relaxed);
+    let in_flight = InFlight::enter(&conn.shared);
     let request_id = headers::request_id(req.headers());
     let mut access = Access {
         start: Instant::now(),
@@ -107,11 +124,10 @@ pub async fn handle(
     resp.headers_mut().insert(&X_REQUEST_ID, request_id);
     let status = resp.status();
     let access_log = snap.config.log.access_log;
-    let shared = conn.shared.clone();
     let client = conn.client;
     resp.map(move |b| {
         ObservedBody::new(b, move |bytes_out, complete| {
-            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(in_flight);
             finish(access, status, client, bytes_out, complete, access_log);
         })
         .boxed_unsync()
