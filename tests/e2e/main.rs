@@ -1,1 +1,22 @@
-//! e2e
+//! End-to-end tests: the real `wasmgate` binary between real clients and
+//! real upstreams, all on loopback ports chosen by the kernel.
+//!
+//! One module per area; the harness (gateway process, upstreams, clients,
+//! TLS) lives in the `wasmgate_e2e` library next to this crate.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod config_golden;
+mod errors;
+mod harness_selftest;
+mod headers;
+mod limits;
+mod malformed;
+mod protocols;
+mod reload;
+mod routing;
+mod shutdown;
+mod startup;
+mod streaming;
+mod tls;

@@ -44,9 +44,32 @@ pub fn workspace() -> PathBuf {
 fn build() -> Result<PathBuf, String> {
     let ws = workspace();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = std::process::Command::new(&cargo)
-        .args(["build", "-p", "wasmgate", "--bin", "wasmgate"])
-        .current_dir(&ws)
+    let mut cmd = std::process::Command::new(&cargo);
+    cmd.args(["build", "-p", "wasmgate", "--bin", "wasmgate"])
+        .current_dir(&ws);
+    // Variables cargo sets for the running test would leak into the nested
+    // build; build scripts that watch them (ring watches CARGO_MANIFEST_DIR)
+    // would then rebuild on every alternation between the two builds.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_for_crate = matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        ) || key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_");
+        if set_for_crate {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
         .output()
         .map_err(|e| format!("cannot run {cargo:?}: {e}"))?;
     if !out.status.success() {
@@ -64,7 +87,10 @@ fn build() -> Result<PathBuf, String> {
         .join("debug")
         .join(format!("wasmgate{}", std::env::consts::EXE_SUFFIX));
     if !bin.exists() {
-        return Err(format!("built wasmgate but {} does not exist", bin.display()));
+        return Err(format!(
+            "built wasmgate but {} does not exist",
+            bin.display()
+        ));
     }
     Ok(bin)
 }
@@ -111,7 +137,8 @@ pub struct Gateway {
     /// Bumped on every stdout line and at EOF (then `true`).
     stdout_rx: watch::Receiver<(usize, bool)>,
     stderr: Arc<Stderr>,
-    stderr_rx: watch::Receiver<usize>,
+    /// Bumped on every stderr chunk and at EOF (then `true`).
+    stderr_rx: watch::Receiver<(usize, bool)>,
     /// Index of the first stdout line not yet consumed by `wait_line`.
     cursor: usize,
 }
@@ -125,6 +152,14 @@ impl Gateway {
 
     /// [`Gateway::start`] with extra command-line arguments after `--config FILE`.
     pub async fn start_with_args(toml: &str, args: &[&str]) -> Result<Gateway> {
+        let mut gw = Self::spawn(toml, args).await?;
+        gw.wait_ready().await?;
+        Ok(gw)
+    }
+
+    /// Starts `wasmgate run` without waiting for `ready` (for tests of a
+    /// start that must fail). [`Gateway::wait_ready`] completes the start.
+    pub async fn spawn(toml: &str, args: &[&str]) -> Result<Gateway> {
         let bin = binary_async().await?;
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("config.toml");
@@ -150,11 +185,11 @@ impl Gateway {
         tokio::spawn(read_stdout(pipe, stdout.clone(), out_tx));
 
         let stderr = Arc::new(Stderr::default());
-        let (err_tx, stderr_rx) = watch::channel(0);
+        let (err_tx, stderr_rx) = watch::channel((0, false));
         let pipe = child.stderr.take().context("no stderr pipe")?;
         tokio::spawn(read_stderr(pipe, stderr.clone(), err_tx));
 
-        let mut gw = Gateway {
+        Ok(Gateway {
             child,
             pid,
             dir,
@@ -166,26 +201,31 @@ impl Gateway {
             stderr,
             stderr_rx,
             cursor: 0,
-        };
-        gw.wait_line("ready", START_TIMEOUT)
+        })
+    }
+
+    /// Waits for `ready` and learns the listener and admin addresses from
+    /// the lines before it.
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        self.wait_line("ready", START_TIMEOUT)
             .await
             .context("gateway did not become ready")?;
-        for line in gw.stdout_lines() {
+        for line in self.stdout_lines() {
             if let Some(rest) = line.strip_prefix("listening ") {
                 let name = field(rest, "listener")
                     .with_context(|| format!("bad listening line `{line}`"))?;
                 let addr = field(rest, "addr")
                     .and_then(|a| a.parse().ok())
                     .with_context(|| format!("bad listening line `{line}`"))?;
-                gw.listeners.insert(name.to_string(), addr);
+                self.listeners.insert(name.to_string(), addr);
             } else if let Some(rest) = line.strip_prefix("admin ") {
                 let addr = field(rest, "addr")
                     .and_then(|a| a.parse().ok())
                     .with_context(|| format!("bad admin line `{line}`"))?;
-                gw.admin = Some(addr);
+                self.admin = Some(addr);
             }
         }
-        Ok(gw)
+        Ok(())
     }
 
     /// The bound address of listener `name` (from its `listening` line).
@@ -244,10 +284,7 @@ impl Gateway {
     /// `POST /reload` on the admin listener.
     pub async fn reload_admin(&self) -> Result<(http::StatusCode, String)> {
         let resp = crate::client::Http1::new()
-            .send(
-                http::Request::post(self.admin_url("/reload"))
-                    .body(crate::client::empty())?,
-            )
+            .send(http::Request::post(self.admin_url("/reload")).body(crate::client::empty())?)
             .await?;
         let resp = crate::client::read(resp).await?;
         Ok((resp.status, resp.text()))
@@ -284,6 +321,12 @@ impl Gateway {
     /// Every stdout line so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lines.lock().unwrap().clone()
+    }
+
+    /// Marks every stdout line so far as seen: later `wait_line` calls only
+    /// match lines printed after this point.
+    pub fn skip_lines(&mut self) {
+        self.cursor = self.stdout.lines.lock().unwrap().len();
     }
 
     /// Waits for the next stdout line (after the last one returned by this
@@ -324,13 +367,19 @@ impl Gateway {
     pub async fn wait_stderr(&mut self, needles: &[&str], timeout: Duration) -> Result<String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            self.stderr_rx.borrow_and_update();
+            let (_, eof) = *self.stderr_rx.borrow_and_update();
             if let Some(line) = self
                 .stderr()
                 .lines()
                 .find(|l| needles.iter().all(|n| l.contains(n)))
             {
                 return Ok(line.to_string());
+            }
+            if eof {
+                bail!(
+                    "stderr closed without a line containing {needles:?}\n{}",
+                    self.report()
+                );
             }
             if tokio::time::timeout_at(deadline, self.stderr_rx.changed())
                 .await
@@ -362,11 +411,22 @@ impl Gateway {
         )
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit and for its stdout and stderr to be
+    /// read to the end.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
+        let (out, err) = (&mut self.stdout_rx, &mut self.stderr_rx);
+        let all = async {
+            let status = self.child.wait().await;
+            let _ = out.wait_for(|(_, eof)| *eof).await;
+            let _ = err.wait_for(|(_, eof)| *eof).await;
+            status
+        };
+        match tokio::time::timeout(timeout, all).await {
             Ok(status) => Ok(status?),
-            Err(_) => bail!("wasmgate did not exit within {timeout:?}\n{}", self.report()),
+            Err(_) => bail!(
+                "wasmgate did not exit within {timeout:?}\n{}",
+                self.report()
+            ),
         }
     }
 
@@ -419,7 +479,7 @@ async fn read_stdout(
 async fn read_stderr(
     mut pipe: tokio::process::ChildStderr,
     err: Arc<Stderr>,
-    tx: watch::Sender<usize>,
+    tx: watch::Sender<(usize, bool)>,
 ) {
     let tee = std::env::var_os("WASMGATE_E2E_STDERR").is_some();
     let mut buf = vec![0u8; 16 * 1024];
@@ -433,8 +493,9 @@ async fn read_stderr(
                 }
                 err.bytes.lock().unwrap().extend_from_slice(&buf[..k]);
                 n += k;
-                tx.send_replace(n);
+                tx.send_replace((n, false));
             }
         }
     }
+    tx.send_replace((n, true));
 }
