@@ -66,12 +66,14 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<()> {
         .map(|a| tokio::spawn(listener::accept_loop(a)))
         .collect();
     spawn_reload_triggers(runtime.clone(), &config_path)?;
+    // Signal handlers exist before `ready`, so a stop sent right after it drains.
+    let stop = stop_signal()?;
     crate::announce("ready");
     tracing::info!(generation = 1, "wasmgate ready");
 
-    wait_for_stop().await?;
-    crate::announce("draining");
+    stop.await;
     runtime.set_draining();
+    crate::announce("draining");
     let _ = drain_tx.send(true);
     for l in loops {
         let _ = l.await;
@@ -92,14 +94,16 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop() -> anyhow::Result<()> {
+/// Resolves on the first SIGTERM or SIGINT.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
 
 /// SIGHUP and changes to the config file both reload.

@@ -117,7 +117,7 @@ async fn too_many_header_bytes_is_431() -> Result<()> {
     assert_eq!(echo.count(), 0);
     control(&gw).await?;
     assert_eq!(echo.count(), 1);
-    resp.expect_gateway_error(431)
+    resp.expect_rejection(431)
 }
 
 #[tokio::test]
@@ -135,7 +135,7 @@ async fn too_many_headers_is_431() -> Result<()> {
     assert_eq!(echo.count(), 0);
     control(&gw).await?;
     assert_eq!(echo.count(), 1);
-    resp.expect_gateway_error(431)
+    resp.expect_rejection(431)
 }
 
 #[tokio::test]

@@ -46,6 +46,28 @@ impl RawResponse {
         )
     }
 
+    /// A request refused with `status` either by the gateway (JSON error
+    /// body with the request id) or, for heads that cannot be parsed at
+    /// all, by the HTTP/1 parser itself: then there is no request yet, so
+    /// no id and no body, and the connection is marked for closing.
+    pub fn expect_rejection(&self, status: u16) -> Result<()> {
+        if self.header("x-request-id").is_some() {
+            return self.expect_gateway_error(status);
+        }
+        anyhow::ensure!(
+            self.status == status,
+            "status {}, wanted {status}",
+            self.status
+        );
+        anyhow::ensure!(
+            self.header("connection")
+                .is_some_and(|c| c.eq_ignore_ascii_case("close")),
+            "parser rejection without `connection: close`: {}",
+            self.head
+        );
+        Ok(())
+    }
+
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }

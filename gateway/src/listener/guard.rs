@@ -306,25 +306,37 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if *this.phase == Phase::None || this.timer.as_mut().poll(cx).is_pending() {
+                if *this.phase == Phase::None {
                     return Poll::Pending;
                 }
-                if this.shared.in_flight.load(Ordering::Relaxed) > 0 {
-                    // A response is still being produced: not idle. Look again later.
-                    let again = match *this.phase {
-                        Phase::Head => this.deadlines.header,
-                        _ => this.deadlines.idle,
+                loop {
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // The deadline passed; is the connection really idle?
+                    let next = if this.shared.busy() {
+                        // A response is still being produced: look again later.
+                        Some(Instant::now() + this.deadlines.idle)
+                    } else if *this.phase == Phase::Idle {
+                        // Idle counts from the end of the last response.
+                        let done = this.shared.last_done().map(Instant::from_std);
+                        done.map(|d| d + this.deadlines.idle)
+                            .filter(|&t| t > Instant::now())
+                    } else {
+                        None
                     };
-                    this.timer.as_mut().reset(Instant::now() + again);
-                    let _ = this.timer.as_mut().poll(cx);
-                    return Poll::Pending;
+                    match next {
+                        Some(t) => this.timer.as_mut().reset(t),
+                        None => {
+                            let what = match *this.phase {
+                                Phase::First => "no request received",
+                                Phase::Idle => "idle keep-alive connection",
+                                _ => "request head not received in time",
+                            };
+                            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+                        }
+                    }
                 }
-                let what = match *this.phase {
-                    Phase::First => "no request received",
-                    Phase::Idle => "idle keep-alive connection",
-                    _ => "request head not received in time",
-                };
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
             }
         }
     }

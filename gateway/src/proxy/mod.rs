@@ -23,11 +23,11 @@ mod upgrade;
 pub use error::ProxyError;
 pub use headers::is_upgrade;
 
-use crate::config::{DirectResponse, Limits, RouteAction, UpstreamProtocol};
+use crate::config::{DirectResponse, Limits, RouteAction};
 use crate::metrics::{self, RouteLabel, RouteStatus};
 use crate::router::{self, RequestHead};
 use crate::runtime::Snapshot;
-use crate::upstream::{Body, BoxError, Upstream};
+use crate::upstream::{Body, BoxError, SendError, Upstream};
 use body::{find_body_error, BodyError, LimitedBody, ObservedBody};
 use bytes::Bytes;
 use headers::{ClientSide, X_REQUEST_ID};
@@ -50,8 +50,10 @@ pub struct ConnCtx {
 }
 
 /// State shared between a connection's I/O guard and its requests.
-#[derive(Default)]
 pub struct ConnShared {
+    born: std::time::Instant,
+    /// When the last response finished, in µs since `born` (0: none yet).
+    last_done_us: AtomicU64,
     /// Set by the HTTP/1 head scanner when a request carried both
     /// `Content-Length` and `Transfer-Encoding` (hyper would silently drop
     /// the former; we refuse the request instead).
@@ -76,7 +78,35 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let us = self.0.born.elapsed().as_micros().max(1) as u64;
+        self.0.last_done_us.store(us, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Default for ConnShared {
+    fn default() -> Self {
+        ConnShared {
+            born: std::time::Instant::now(),
+            last_done_us: AtomicU64::new(0),
+            smuggling: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConnShared {
+    /// When the last response on this connection finished, if any.
+    pub fn last_done(&self) -> Option<std::time::Instant> {
+        match self.last_done_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(self.born + std::time::Duration::from_micros(us)),
+        }
+    }
+
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 }
 
@@ -252,19 +282,12 @@ async fn proxy(
         (p, Some(q)) => format!("{p}?{q}"),
         (p, None) => p.to_string(),
     };
-    let uri: Uri = format!("http://{endpoint}{path_and_query}")
+    let uri: Uri = path_and_query
         .parse()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
-    let mut out =
-        Request::builder()
-            .method(parts.method)
-            .uri(uri)
-            .version(match upstream.protocol {
-                UpstreamProtocol::H2c => Version::HTTP_2,
-                UpstreamProtocol::Http1 => Version::HTTP_11,
-            });
+    let mut out = Request::builder().method(parts.method).uri(uri);
     let headers = out
         .headers_mut()
         .ok_or(ProxyError::BadRequest("invalid request"))?;
@@ -325,49 +348,33 @@ async fn exchange(
     endpoint: &str,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let fail = |e: hyper_util::client::legacy::Error| {
-        if let Some(b) = find_body_error(&e) {
-            return match b {
-                BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit: *limit },
-                BodyError::Stalled => ProxyError::BodyTimeout,
-            };
-        }
-        let (upstream, endpoint) = (upstream.name.clone(), endpoint.to_string());
-        if e.is_connect() {
-            if has_timeout(&e) {
-                ProxyError::UpstreamConnectTimeout { upstream, endpoint }
-            } else {
-                ProxyError::UpstreamConnect { upstream, endpoint }
-            }
-        } else {
-            ProxyError::UpstreamProtocol {
-                upstream,
-                endpoint,
-                reason: error_chain(&e),
-            }
+    let names = || (upstream.name.clone(), endpoint.to_string());
+    let result =
+        tokio::time::timeout(upstream.response_timeout, upstream.send(endpoint, req)).await;
+    let err = match result {
+        Ok(Ok(resp)) => return Ok(resp),
+        Ok(Err(e)) => e,
+        Err(_) => {
+            let (upstream, endpoint) = names();
+            return Err(ProxyError::UpstreamTimeout { upstream, endpoint });
         }
     };
-    match tokio::time::timeout(upstream.response_timeout, upstream.client().request(req)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(fail(e)),
-        Err(_) => Err(ProxyError::UpstreamTimeout {
-            upstream: upstream.name.clone(),
-            endpoint: endpoint.to_string(),
-        }),
+    if let Some(b) = find_body_error(&err) {
+        return Err(match b {
+            BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit: *limit },
+            BodyError::Stalled => ProxyError::BodyTimeout,
+        });
     }
-}
-
-fn has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(e) = cur {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    let (upstream, endpoint) = names();
+    Err(match err {
+        SendError::ConnectTimeout => ProxyError::UpstreamConnectTimeout { upstream, endpoint },
+        SendError::Connect(_) => ProxyError::UpstreamConnect { upstream, endpoint },
+        SendError::Exchange(_) => ProxyError::UpstreamProtocol {
+            upstream,
+            endpoint,
+            reason: error_chain(&err),
+        },
+    })
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

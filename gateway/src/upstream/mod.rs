@@ -1,9 +1,13 @@
 //! Upstreams: named groups of endpoints, a pooled keep-alive client each, and
 //! round-robin selection. Knows nothing of routes or plugins.
 
+mod h2;
+
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use bytes::Bytes;
+use http::{header, Request, Response, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -17,6 +21,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type HttpClient = Client<HttpConnector, Body>;
 
+/// Why an exchange with an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connection failed")]
+    Connect(#[source] BoxError),
+    #[error("connection timed out")]
+    ConnectTimeout,
+    #[error("exchange failed")]
+    Exchange(#[source] BoxError),
+}
+
+enum Transport {
+    Http1(Box<HttpClient>),
+    H2c(h2::H2Pool),
+}
+
 /// One upstream with its own connection pool.
 pub struct Upstream {
     pub name: String,
@@ -25,7 +45,7 @@ pub struct Upstream {
     endpoints: Vec<String>,
     cfg: UpstreamConfig,
     next: AtomicUsize,
-    client: HttpClient,
+    transport: Transport,
 }
 
 impl Upstream {
@@ -40,9 +60,10 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle_per_endpoint);
-        if cfg.protocol == UpstreamProtocol::H2c {
-            builder.http2_only(true);
-        }
+        let transport = match cfg.protocol {
+            UpstreamProtocol::Http1 => Transport::Http1(Box::new(builder.build(connector))),
+            UpstreamProtocol::H2c => Transport::H2c(h2::H2Pool::new(cfg.connect_timeout)),
+        };
         Upstream {
             name: cfg.name.clone(),
             protocol: cfg.protocol,
@@ -50,7 +71,7 @@ impl Upstream {
             endpoints: cfg.endpoints.clone(),
             cfg: cfg.clone(),
             next: AtomicUsize::new(0),
-            client: builder.build(connector),
+            transport,
         }
     }
 
@@ -63,9 +84,61 @@ impl Upstream {
         Some(&self.endpoints[i])
     }
 
-    pub fn client(&self) -> &HttpClient {
-        &self.client
+    /// Sends a request whose URI is origin-form (path and query) and whose
+    /// `Host` header names the authority to present upstream.
+    pub async fn send(
+        &self,
+        endpoint: &str,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let pq = req.uri().path_and_query().cloned();
+        let path = pq.as_ref().map_or("/", |p| p.as_str());
+        match &self.transport {
+            Transport::Http1(client) => {
+                *req.uri_mut() = absolute(endpoint, path)?;
+                *req.version_mut() = Version::HTTP_11;
+                client.request(req).await.map_err(|e| {
+                    if !e.is_connect() {
+                        SendError::Exchange(e.into())
+                    } else if has_timeout(&e) {
+                        SendError::ConnectTimeout
+                    } else {
+                        SendError::Connect(e.into())
+                    }
+                })
+            }
+            Transport::H2c(pool) => {
+                // HTTP/2 carries the host as `:authority`, not as a header.
+                let authority = req.headers_mut().remove(header::HOST);
+                let authority = authority
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or(endpoint);
+                *req.uri_mut() = absolute(authority, path)?;
+                *req.version_mut() = Version::HTTP_2;
+                pool.send(endpoint, req).await
+            }
+        }
     }
+}
+
+fn absolute(authority: &str, path: &str) -> Result<Uri, SendError> {
+    format!("http://{authority}{path}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| SendError::Exchange(e.into()))
+}
+
+fn has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// All upstreams of one config generation, by name.
