@@ -1,9 +1,6 @@
-//! How failures become responses: no route, upstream refused, upstream
-//! too slow to connect or to answer, and upstreams dying mid-body.
-//!
-//! 503 (an upstream with no available endpoint) is not tested: the config
-//! rejects upstreams without endpoints and there are no health checks to
-//! take an endpoint out, so no config produces it.
+//! How failures become responses: no route, upstream without endpoints,
+//! upstream refused, upstream too slow to connect or to answer, and
+//! upstreams dying mid-body.
 
 use anyhow::{ensure, Result};
 use http::Request;
@@ -52,6 +49,27 @@ async fn no_route_is_404_with_a_json_error() -> Result<()> {
     resp.expect_gateway_error(404)?;
     assert_eq!(resp.header("x-request-id"), Some("lost-1"));
     assert_eq!(echo.count(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn upstream_without_endpoints_is_503() -> Result<()> {
+    let gw = Gateway::start(
+        r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+[[upstreams]]
+name = "retired"
+endpoints = []
+[[routes]]
+name = "api"
+upstream = "retired"
+"#,
+    )
+    .await?;
+    let resp = Http1::new().get(&gw.url("main", "/")).await?;
+    resp.expect_gateway_error(503)?;
     Ok(())
 }
 

@@ -340,16 +340,10 @@ impl Validator {
     }
 
     fn upstream(&mut self, raw: S<RawUpstream>) -> Option<UpstreamConfig> {
-        let span = raw.span();
         let raw = raw.into_inner();
         self.name(&raw.name, "upstream");
-        if raw.endpoints.is_empty() {
-            self.r.error(
-                &span,
-                format!("upstream `{}` has no endpoints", raw.name.get_ref()),
-                "add endpoints = [\"host:port\", …]",
-            );
-        }
+        // An upstream may have no endpoints (a service taken out of
+        // rotation): its routes then answer 503, as in Envoy.
         let mut endpoints = Vec::new();
         for e in &raw.endpoints {
             match e.get_ref().parse::<http::uri::Authority>() {
