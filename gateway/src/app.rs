@@ -28,7 +28,9 @@ pub fn init_tracing(cfg: &Config) {
 
 /// Runs the gateway until SIGTERM/SIGINT and a drain.
 pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<()> {
-    let first = Snapshot::build(cfg, 1, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let first = Snapshot::build(cfg, 1, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = first.config.clone();
     let runtime = Arc::new(Runtime::new(first, config_path.clone()));
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -156,5 +158,9 @@ fn spawn_reload_triggers(runtime: Arc<Runtime>, path: &Path) -> anyhow::Result<(
 /// would build, without binding sockets.
 pub fn check(path: &Path) -> Result<(), config::ConfigErrors> {
     let cfg = config::load(path)?;
-    Snapshot::build(cfg, 1, None).map(|_| ())
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| config::error::whole_file(path, format!("cannot start a runtime: {e}"), ""))?;
+    rt.block_on(Snapshot::build(cfg, 1, None)).map(|_| ())
 }

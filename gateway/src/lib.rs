@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod plugin;
 pub mod proxy;
 pub mod router;
 pub mod runtime;

@@ -2,7 +2,7 @@
 //! runtime parts are built from it by the application.
 
 use super::error::Location;
-pub use super::raw::{LogFormat, UpstreamProtocol};
+pub use super::raw::{FailureMode, IsolationMode, LogFormat, UpstreamProtocol};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 use serde::Serialize;
@@ -20,6 +20,36 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub plugins: Vec<PluginConfig>,
+    pub global_plugins: Vec<PluginRef>,
+    pub plugin_cache_dir: Option<PathBuf>,
+}
+
+/// A plugin component and its sandbox settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub failure: FailureMode,
+    #[serde(serialize_with = "display_one")]
+    pub failure_status: StatusCode,
+    pub isolation: IsolationMode,
+    pub memory_limit_bytes: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub cpu_limit: Duration,
+    pub max_output_bytes: usize,
+    pub max_instance_uses: u64,
+    #[serde(skip)]
+    pub location: Location,
+}
+
+/// A plugin in a chain, with its config as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginRef {
+    pub plugin: String,
+    pub config_json: String,
+    #[serde(skip)]
+    pub location: Location,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +71,7 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     pub trust_forwarded: bool,
     pub limits: Limits,
+    pub plugins: Vec<PluginRef>,
     #[serde(skip)]
     pub location: Location,
 }
@@ -139,6 +170,7 @@ pub struct RouteConfig {
     pub action: RouteAction,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    pub plugins: Vec<PluginRef>,
     #[serde(skip)]
     pub location: Location,
 }

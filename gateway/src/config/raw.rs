@@ -25,6 +25,57 @@ pub struct RawConfig {
     pub upstreams: Vec<S<RawUpstream>>,
     #[serde(default)]
     pub routes: Vec<S<RawRoute>>,
+    #[serde(default)]
+    pub plugins: Vec<S<RawPlugin>>,
+    /// Plugins run for every request, before listener and route plugins.
+    #[serde(default)]
+    pub global_plugins: Vec<S<RawPluginRef>>,
+    /// Where compiled plugins are cached between runs.
+    #[serde(default)]
+    pub plugin_cache_dir: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub name: S<String>,
+    pub path: S<String>,
+    #[serde(default)]
+    pub failure: FailureMode,
+    pub failure_status: Option<S<u16>>,
+    #[serde(default)]
+    pub isolation: IsolationMode,
+    pub memory_limit_bytes: Option<S<u64>>,
+    pub cpu_limit: Option<S<String>>,
+    pub max_output_bytes: Option<S<u64>>,
+    pub max_instance_uses: Option<S<u64>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureMode {
+    /// A failing plugin fails the request.
+    #[default]
+    Closed,
+    /// A failing plugin is skipped.
+    Open,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationMode {
+    #[default]
+    Reuse,
+    PerRequest,
+}
+
+/// A plugin in a chain, with the config handed to it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginRef {
+    pub plugin: S<String>,
+    #[serde(default)]
+    pub config: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +114,8 @@ pub struct RawListener {
     pub trust_forwarded: bool,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub plugins: Vec<S<RawPluginRef>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +201,8 @@ pub struct RawRoute {
     pub request_headers: RawHeaderOps,
     #[serde(default)]
     pub response_headers: RawHeaderOps,
+    #[serde(default)]
+    pub plugins: Vec<S<RawPluginRef>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -37,7 +37,11 @@ pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigErrors> {
         }
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut v = Validator { r, base };
+    let mut v = Validator {
+        r,
+        base,
+        plugin_names: HashSet::new(),
+    };
     let config = v.config(raw, path);
     v.r.finish()?;
     Ok(config)
@@ -60,6 +64,7 @@ fn syntax_fix(message: &str) -> &'static str {
 struct Validator {
     r: Reporter,
     base: PathBuf,
+    plugin_names: HashSet<String>,
 }
 
 impl Validator {
@@ -88,6 +93,15 @@ impl Validator {
             access_log: raw.log.access_log.unwrap_or(true),
         };
         let shutdown_grace = self.duration(&raw.shutdown_grace, Duration::from_secs(30));
+
+        let mut plugins = Vec::new();
+        for p in raw.plugins {
+            if let Some(p) = self.plugin(p) {
+                plugins.push(p);
+            }
+        }
+        let global_plugins = self.plugin_refs(&raw.global_plugins);
+        let plugin_cache_dir = raw.plugin_cache_dir.map(|d| self.base.join(d.get_ref()));
 
         let listeners: Vec<ListenerConfig> = raw
             .listeners
@@ -136,7 +150,87 @@ impl Validator {
             listeners,
             upstreams,
             routes,
+            plugins,
+            global_plugins,
+            plugin_cache_dir,
         }
+    }
+
+    fn plugin(&mut self, raw: S<RawPlugin>) -> Option<PluginConfig> {
+        let location = self.r.locate(&raw.span());
+        let raw = raw.into_inner();
+        self.name(&raw.name, "plugin");
+        let name = raw.name.get_ref().clone();
+        if !self.plugin_names.insert(name.clone()) {
+            self.r.error(
+                &raw.name.span(),
+                format!("duplicate plugin name `{name}`"),
+                "give every plugin a unique name",
+            );
+        }
+        let failure_status = match &raw.failure_status {
+            None => StatusCode::INTERNAL_SERVER_ERROR,
+            Some(s) => match StatusCode::from_u16(*s.get_ref()) {
+                Ok(code) if (400..600).contains(&code.as_u16()) => code,
+                _ => {
+                    self.r.error(
+                        &s.span(),
+                        format!("invalid failure_status {}", s.get_ref()),
+                        "use an error status from 400 to 599, e.g. 500 or 503",
+                    );
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
+        };
+        let memory_limit_bytes = self.count(&raw.memory_limit_bytes, 32 << 20);
+        if let Some(m) = &raw.memory_limit_bytes {
+            if memory_limit_bytes > 256 << 20 {
+                self.r.error(
+                    &m.span(),
+                    "memory_limit_bytes is above 256 MiB, the engine's cap",
+                    "use at most 268435456",
+                );
+            }
+        }
+        Some(PluginConfig {
+            name,
+            path: self.base.join(raw.path.get_ref()),
+            failure: raw.failure,
+            failure_status,
+            isolation: raw.isolation,
+            memory_limit_bytes,
+            cpu_limit: self.duration(&raw.cpu_limit, Duration::from_millis(50)),
+            max_output_bytes: self.count(&raw.max_output_bytes, 1 << 20),
+            max_instance_uses: self.count(&raw.max_instance_uses, 100_000) as u64,
+            location,
+        })
+    }
+
+    fn plugin_refs(&mut self, refs: &[S<RawPluginRef>]) -> Vec<PluginRef> {
+        let mut out = Vec::new();
+        for r in refs {
+            let location = self.r.locate(&r.span());
+            let raw = r.get_ref();
+            let plugin = raw.plugin.get_ref();
+            if !self.plugin_names.contains(plugin) {
+                self.r.error(
+                    &raw.plugin.span(),
+                    format!("unknown plugin `{plugin}`"),
+                    "use the name of a [[plugins]] entry, or add one",
+                );
+                continue;
+            }
+            let config_json = match &raw.config {
+                None => "{}".to_string(),
+                Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "{}".to_string()),
+            };
+            out.push(PluginRef {
+                plugin: plugin.clone(),
+                config_json,
+                location,
+            });
+        }
+        out
     }
 
     fn socket_addr(&mut self, s: &S<String>) -> Option<SocketAddr> {
@@ -199,12 +293,14 @@ impl Validator {
             Some(t) => Some(t?),
             None => None,
         };
+        let plugins = self.plugin_refs(&raw.plugins);
         Some(ListenerConfig {
             name: raw.name.into_inner(),
             address: address?,
             tls,
             trust_forwarded: raw.trust_forwarded,
             limits,
+            plugins,
             location,
         })
     }
@@ -467,6 +563,7 @@ impl Validator {
         }
         let request_headers = self.header_ops(&raw.request_headers);
         let response_headers = self.header_ops(&raw.response_headers);
+        let plugins = self.plugin_refs(&raw.plugins);
         Some(RouteConfig {
             name,
             listeners: raw.listeners.into_iter().map(|l| l.into_inner()).collect(),
@@ -478,6 +575,7 @@ impl Validator {
             action: action?,
             request_headers,
             response_headers,
+            plugins,
             location,
         })
     }

@@ -32,6 +32,23 @@ pub struct ListenerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginKind {
+    pub plugin: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginName {
+    pub plugin: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -39,6 +56,15 @@ pub struct ResultLabel {
 fn duration_histogram() -> Histogram {
     // 100 µs … ~26 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+fn plugin_histogram() -> Histogram {
+    // 1 µs … ~0.5 s
+    Histogram::new(exponential_buckets(0.000001, 2.0, 20))
+}
+
+fn guest_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 4.0, 14))
 }
 
 /// Every metric the gateway exports.
@@ -51,6 +77,12 @@ pub struct Metrics {
     pub rejected_connections: Family<ListenerLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
     pub config_generation: Gauge,
+    pub plugin_calls: Family<PluginLabel, Counter>,
+    pub plugin_errors: Family<PluginKind, Counter>,
+    pub plugin_call_duration: Family<PluginLabel, Histogram, fn() -> Histogram>,
+    pub plugin_instances: Family<PluginLabel, Gauge>,
+    pub plugin_guest_counters: Family<PluginName, Counter>,
+    pub plugin_guest_histograms: Family<PluginName, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
@@ -101,8 +133,52 @@ impl Metrics {
             "Generation of the active config",
             config_generation.clone(),
         );
+        let plugin_calls = Family::<PluginLabel, Counter>::default();
+        registry.register("plugin_calls", "Plugin phase calls", plugin_calls.clone());
+        let plugin_errors = Family::<PluginKind, Counter>::default();
+        registry.register(
+            "plugin_errors",
+            "Plugin failures by kind (deadline, memory, stack, unreachable, output, …)",
+            plugin_errors.clone(),
+        );
+        let plugin_call_duration =
+            Family::<PluginLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                plugin_histogram,
+            );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Wall time of one plugin phase call",
+            plugin_call_duration.clone(),
+        );
+        let plugin_instances = Family::<PluginLabel, Gauge>::default();
+        registry.register(
+            "plugin_instances",
+            "Live plugin instances",
+            plugin_instances.clone(),
+        );
+        let plugin_guest_counters = Family::<PluginName, Counter>::default();
+        registry.register(
+            "plugin_guest",
+            "Counters reported by plugins",
+            plugin_guest_counters.clone(),
+        );
+        let plugin_guest_histograms =
+            Family::<PluginName, Histogram, fn() -> Histogram>::new_with_constructor(
+                guest_histogram,
+            );
+        registry.register(
+            "plugin_guest_observations",
+            "Histograms reported by plugins",
+            plugin_guest_histograms.clone(),
+        );
         Metrics {
             registry,
+            plugin_calls,
+            plugin_errors,
+            plugin_call_duration,
+            plugin_instances,
+            plugin_guest_counters,
+            plugin_guest_histograms,
             requests,
             request_duration,
             upstream_errors,

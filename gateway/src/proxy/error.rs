@@ -26,6 +26,12 @@ pub enum ProxyError {
     UpstreamConnectTimeout { upstream: String, endpoint: String },
     #[error("upstream `{upstream}` ({endpoint}) did not answer in time")]
     UpstreamTimeout { upstream: String, endpoint: String },
+    #[error("plugin `{plugin}` failed ({kind})")]
+    Plugin {
+        plugin: String,
+        kind: &'static str,
+        status: StatusCode,
+    },
     #[error("upstream `{upstream}` ({endpoint}) failed: {reason}")]
     UpstreamProtocol {
         upstream: String,
@@ -35,8 +41,18 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A fail-closed plugin failure; the details went to the log.
+    pub fn plugin(f: crate::plugin::ChainFailure) -> ProxyError {
+        ProxyError::Plugin {
+            plugin: f.plugin.to_string(),
+            kind: f.error.kind(),
+            status: f.status,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Plugin { status, .. } => *status,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,

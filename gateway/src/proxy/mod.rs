@@ -23,8 +23,9 @@ mod upgrade;
 pub use error::ProxyError;
 pub use headers::is_upgrade;
 
-use crate::config::{DirectResponse, Limits, RouteAction};
+use crate::config::{DirectResponse, HeaderOps, Limits, RouteAction};
 use crate::metrics::{self, RouteLabel, RouteStatus};
+use crate::plugin::{Context, Outcome, PluginReply, PluginRequest, PluginResponse};
 use crate::router::{self, RequestHead};
 use crate::runtime::Snapshot;
 use crate::upstream::{Body, BoxError, SendError, Upstream};
@@ -62,6 +63,21 @@ pub struct ConnShared {
     pub in_flight: AtomicUsize,
     /// Requests started on this connection.
     pub started: AtomicU64,
+}
+
+/// The plugin context as `k=v k=v` in the access log.
+struct ContextDisplay<'a>(&'a Context);
+
+impl std::fmt::Display for ContextDisplay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{k}={v}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Counts a request as in flight on its connection until dropped, which
@@ -120,6 +136,8 @@ struct Access {
     route: Option<Arc<str>>,
     endpoint: Option<String>,
     bytes_in: Arc<AtomicU64>,
+    /// The plugins' per-request context.
+    context: Context,
 }
 
 /// Handles one request on a config snapshot. Never fails: errors become
@@ -140,6 +158,7 @@ pub async fn handle(
         route: None,
         endpoint: None,
         bytes_in: Arc::new(AtomicU64::new(0)),
+        context: Context::new(),
     };
     let mut resp = match proxy(req, &conn, &snap, &mut access).await {
         Ok(resp) => resp,
@@ -197,6 +216,7 @@ fn finish(
             path = %a.path,
             route,
             upstream = a.endpoint.as_deref().unwrap_or(""),
+            context = %ContextDisplay(&a.context),
             status = status.as_u16(),
             bytes_in = a.bytes_in.load(Ordering::Relaxed),
             bytes_out,
@@ -246,30 +266,8 @@ async fn proxy(
     };
     let matched = snap.router.lookup(&head).ok_or(ProxyError::NoRoute)?;
     let route = matched.route;
-    access.route = Some(snap.route_name(matched.index));
-
-    // Phase 3: direct response.
-    let forward = match &route.action {
-        RouteAction::Direct(d) => {
-            let mut resp = direct_response(d);
-            route.response_headers.apply(resp.headers_mut());
-            return Ok(resp);
-        }
-        RouteAction::Forward(f) => f,
-    };
-
-    // Phase 4: upstream request.
-    let upstream = snap
-        .upstreams
-        .get(&forward.upstream)
-        .ok_or_else(|| ProxyError::NoEndpoint {
-            upstream: forward.upstream.clone(),
-        })?;
-    let endpoint = upstream.pick().ok_or_else(|| ProxyError::NoEndpoint {
-        upstream: upstream.name.clone(),
-    })?;
-    access.endpoint = Some(endpoint.to_string());
-    let upgrade = is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
+    let route_name = snap.route_name(matched.index);
+    access.route = Some(route_name.clone());
     if let Some(len) = content_length(&req) {
         if len > limits.max_body_bytes {
             return Err(ProxyError::BodyTooLarge {
@@ -277,16 +275,159 @@ async fn proxy(
             });
         }
     }
-    let new_path = router::rewrite_path(&matched, &path);
-    let path_and_query = match (new_path.as_deref().unwrap_or(&path), req.uri().query()) {
-        (p, Some(q)) => format!("{p}?{q}"),
-        (p, None) => p.to_string(),
+    let upgrade = is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    let query = parts.uri.query().map(str::to_string);
+    let with_query = |p: &str| match &query {
+        Some(q) => format!("{p}?{q}"),
+        None => p.to_string(),
     };
-    let uri: Uri = path_and_query
+    let mut target = Target {
+        path_and_query: with_query(
+            router::rewrite_path(&matched, &path)
+                .as_deref()
+                .unwrap_or(&path),
+        ),
+        host: match &route.action {
+            RouteAction::Forward(f) => f.host_rewrite.clone().unwrap_or_else(|| authority.clone()),
+            RouteAction::Direct(_) => authority.clone(),
+        },
+        upstream: match &route.action {
+            RouteAction::Forward(f) => Some(f.upstream.clone()),
+            RouteAction::Direct(_) => None,
+        },
+    };
+
+    // Phase 3: request plugins.
+    let chain = snap.chain(&conn.listener, matched.index);
+    if !chain.is_empty() {
+        let preq = PluginRequest {
+            method: parts.method.clone(),
+            scheme: if conn.tls { "https" } else { "http" },
+            authority: authority.clone(),
+            path_and_query: with_query(&path),
+            client: conn.client,
+            route: route_name,
+            headers: std::mem::take(&mut parts.headers),
+            context: Context::new(),
+            path_changed: false,
+            authority_override: None,
+            upstream: None,
+        };
+        let (preq, outcome) = chain
+            .on_request(preq, access.request_id.to_str().unwrap_or("-"))
+            .await;
+        parts.headers = preq.headers;
+        access.context = preq.context;
+        match outcome {
+            Outcome::Continue => {}
+            Outcome::Respond(reply) => return Ok(plugin_reply(reply)),
+            Outcome::Failed(f) => return Err(ProxyError::plugin(f)),
+        }
+        if preq.path_changed {
+            target.path_and_query = preq.path_and_query;
+        }
+        if let Some(a) = preq.authority_override {
+            target.host = a;
+        }
+        if preq.upstream.is_some() && target.upstream.is_some() {
+            target.upstream = preq.upstream;
+        }
+    }
+
+    // Phases 4–6: a direct response, or the upstream's.
+    let mut resp = match &route.action {
+        RouteAction::Direct(d) => direct_response(d),
+        RouteAction::Forward(_) => {
+            let forwarding = Forwarding {
+                conn,
+                snap,
+                target,
+                upgrade,
+                client_upgrade,
+                authority: &authority,
+                request_headers: &route.request_headers,
+            };
+            forward(forwarding, parts, incoming, access).await?
+        }
+    };
+    route.response_headers.apply(resp.headers_mut());
+
+    // Phase 7: response plugins.
+    if !chain.is_empty() {
+        let (mut head, body) = resp.into_parts();
+        let presp = PluginResponse {
+            status: head.status,
+            headers: std::mem::take(&mut head.headers),
+            context: std::mem::take(&mut access.context),
+        };
+        let (presp, outcome) = chain
+            .on_response(presp, access.request_id.to_str().unwrap_or("-"))
+            .await;
+        head.status = presp.status;
+        head.headers = presp.headers;
+        access.context = presp.context;
+        match outcome {
+            Outcome::Continue => resp = Response::from_parts(head, body),
+            Outcome::Respond(reply) => resp = plugin_reply(reply),
+            Outcome::Failed(f) => return Err(ProxyError::plugin(f)),
+        }
+    }
+    Ok(resp)
+}
+
+/// Where a request goes, after the route and the plugins had their say.
+struct Target {
+    path_and_query: String,
+    host: String,
+    upstream: Option<String>,
+}
+
+struct Forwarding<'a> {
+    conn: &'a ConnCtx,
+    snap: &'a Snapshot,
+    target: Target,
+    upgrade: bool,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    authority: &'a str,
+    request_headers: &'a HeaderOps,
+}
+
+/// Phases 4–6: builds the upstream request, exchanges it, cleans the
+/// response.
+async fn forward(
+    f: Forwarding<'_>,
+    parts: http::request::Parts,
+    incoming: Incoming,
+    access: &mut Access,
+) -> Result<Response<Body>, ProxyError> {
+    let Forwarding {
+        conn,
+        snap,
+        target,
+        upgrade,
+        client_upgrade,
+        authority,
+        request_headers,
+    } = f;
+    let limits = &conn.limits;
+    // Phase 4: upstream request.
+    let name = target.upstream.unwrap_or_default();
+    let upstream = snap
+        .upstreams
+        .get(&name)
+        .ok_or_else(|| ProxyError::NoEndpoint {
+            upstream: name.clone(),
+        })?;
+    let endpoint = upstream.pick().ok_or_else(|| ProxyError::NoEndpoint {
+        upstream: upstream.name.clone(),
+    })?;
+    access.endpoint = Some(endpoint.to_string());
+    let uri: Uri = target
+        .path_and_query
         .parse()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, incoming) = req.into_parts();
     let mut out = Request::builder().method(parts.method).uri(uri);
     let headers = out
         .headers_mut()
@@ -298,17 +439,16 @@ async fn proxy(
         &ClientSide {
             addr: conn.client,
             tls: conn.tls,
-            host: &authority,
+            host: authority,
             trust_forwarded: conn.trust_forwarded,
             version: parts.version,
         },
     );
-    let host_value = forward.host_rewrite.as_deref().unwrap_or(&authority);
-    if let Ok(v) = HeaderValue::from_str(host_value) {
+    if let Ok(v) = HeaderValue::from_str(&target.host) {
         headers.insert(header::HOST, v);
     }
     headers.insert(&X_REQUEST_ID, access.request_id.clone());
-    route.request_headers.apply(headers);
+    request_headers.apply(headers);
     let body: Body = if upgrade {
         Empty::<Bytes>::new()
             .map_err(|never| match never {})
@@ -334,12 +474,22 @@ async fn proxy(
     headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
     let version = resp.version();
     headers::append_via(resp.headers_mut(), version);
-    route.response_headers.apply(resp.headers_mut());
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         upgrade::tunnel(client_upgrade, upstream_upgrade, access.request_id.clone());
     }
     Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+}
+
+fn plugin_reply(reply: PluginReply) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(reply.body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = reply.status;
+    *resp.headers_mut() = reply.headers;
+    resp
 }
 
 /// Phase 5: one exchange with the upstream under its response deadline.

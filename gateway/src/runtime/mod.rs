@@ -2,9 +2,12 @@
 //! A request keeps the snapshot it started with, so in-flight requests
 //! finish on the config they began on.
 
+mod plugins;
+
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::listener::tls;
 use crate::metrics::{self, ResultLabel};
+use crate::plugin::{Chain, ChainLink};
 use crate::router::Router;
 use crate::upstream::Upstreams;
 use arc_swap::ArcSwap;
@@ -17,7 +20,8 @@ pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
     pub router: Router,
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
+    chains: plugins::Chains,
     /// TLS server configs by listener name.
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
     route_names: Vec<Arc<str>>,
@@ -27,7 +31,7 @@ impl Snapshot {
     /// Builds the runtime parts of a validated config: certificates loaded,
     /// routes compiled, upstream pools created (or kept from `previous` when
     /// unchanged). Any failure rejects the whole config.
-    pub fn build(
+    pub async fn build(
         config: Config,
         generation: u64,
         previous: Option<&Snapshot>,
@@ -54,11 +58,21 @@ impl Snapshot {
                 None
             }
         };
+        let upstreams = Arc::new(Upstreams::build(
+            &config.upstreams,
+            previous.map(|p| &*p.upstreams),
+        ));
+        let chains = match plugins::build(&config, upstreams.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                errors.extend(e);
+                plugins::Chains::default()
+            }
+        };
         let (Some(router), true) = (router, errors.is_empty()) else {
             errors.sort_by_key(|e| (e.location.line, e.location.col));
             return Err(ConfigErrors(errors));
         };
-        let upstreams = Upstreams::build(&config.upstreams, previous.map(|p| &p.upstreams));
         let route_names = router
             .routes()
             .iter()
@@ -69,9 +83,26 @@ impl Snapshot {
             config: Arc::new(config),
             router,
             upstreams,
+            chains,
             tls: tls_configs,
             route_names,
         })
+    }
+
+    /// The plugin chain for a request on `listener` matched to route `index`:
+    /// global plugins, then the listener's, then the route's.
+    pub fn chain(&self, listener: &str, index: usize) -> Chain<'_> {
+        const NONE: &[ChainLink] = &[];
+        Chain {
+            parts: [
+                &self.chains.global,
+                self.chains
+                    .listeners
+                    .get(listener)
+                    .map_or(NONE, Vec::as_slice),
+                self.chains.routes.get(index).map_or(NONE, Vec::as_slice),
+            ],
+        }
     }
 
     /// The route's name, shared so the hot path does not allocate it.
@@ -151,18 +182,19 @@ impl Runtime {
         let _guard = self.reload_lock.lock().await;
         let path = self.config_path.clone();
         let old = self.current();
-        let result = tokio::task::spawn_blocking(move || {
-            let cfg = config::load(&path)?;
-            Snapshot::build(cfg, old.generation + 1, Some(&old))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(config::error::whole_file(
-                &self.config_path,
-                format!("reload task failed: {e}"),
-                "",
-            ))
-        });
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(config::error::whole_file(
+                    &self.config_path,
+                    format!("reload task failed: {e}"),
+                    "",
+                ))
+            });
+        let result = match loaded {
+            Ok(cfg) => Snapshot::build(cfg, old.generation + 1, Some(&old)).await,
+            Err(e) => Err(e),
+        };
         let m = metrics::global();
         match result {
             Ok(snap) => {

@@ -1,0 +1,115 @@
+//! The wasmtime engine: one per process, with every sandbox limit that is
+//! engine-wide set here (stack, pooling slots, epoch interruption), an epoch
+//! ticker thread, and the on-disk compile cache.
+
+use super::bindings::FilterPre;
+use super::state::PluginState;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of CPU deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// The largest linear memory any plugin may have (per-plugin caps are lower).
+pub const MAX_MEMORY_BYTES: usize = 256 << 20;
+/// The wasm stack cap, engine-wide.
+pub const MAX_STACK_BYTES: usize = 512 << 10;
+
+pub struct PluginEngine {
+    pub engine: Engine,
+    linker: Linker<PluginState>,
+    /// Compiled components by path and content hash: a reload with an
+    /// unchanged plugin does not compile again.
+    compiled: Mutex<HashMap<(PathBuf, u64), Component>>,
+}
+
+impl PluginEngine {
+    pub fn new(cache_dir: Option<&Path>) -> wasmtime::Result<Arc<PluginEngine>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.max_wasm_stack(MAX_STACK_BYTES);
+        config.wasm_component_model(true);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(2_000)
+            .total_core_instances(4_000)
+            .total_memories(2_000)
+            .total_tables(4_000)
+            .max_memory_size(MAX_MEMORY_BYTES)
+            .max_memories_per_module(1)
+            .max_tables_per_module(4);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = cache_dir {
+            let mut cc = wasmtime::CacheConfig::new();
+            cc.with_directory(dir);
+            match wasmtime::Cache::new(cc) {
+                Ok(cache) => {
+                    config.cache(Some(cache));
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "plugin compile cache disabled")
+                }
+            }
+        }
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        super::bindings::Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasmgate-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Arc::new(PluginEngine {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Compiles (or finds already compiled) the component at `path` and
+    /// links it: every import must be one the host provides.
+    pub fn prepare(&self, path: &Path) -> Result<FilterPre<PluginState>, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let key = (path.to_path_buf(), hash(&bytes));
+        let cached = self.compiled.lock().ok().and_then(|c| c.get(&key).cloned());
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, &bytes).map_err(|e| {
+                    format!("{} is not a loadable component: {e:#}", path.display())
+                })?;
+                if let Ok(mut map) = self.compiled.lock() {
+                    map.retain(|(p, _), _| p != path);
+                    map.insert(key, c.clone());
+                }
+                c
+            }
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("{} cannot be linked: {e:#}", path.display()))?;
+        FilterPre::new(pre).map_err(|e| {
+            format!(
+                "{} does not export the wasmgate filter world: {e:#}",
+                path.display()
+            )
+        })
+    }
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}

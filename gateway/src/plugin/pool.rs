@@ -1,0 +1,293 @@
+//! Instances of one plugin with one config: checked out exclusively for a
+//! phase, reused afterwards, discarded after a trap, a limit, or
+//! `max_instance_uses` calls. `isolation = "per-request"` makes a fresh
+//! instance for every call instead.
+
+use super::bindings::{wasmgate::plugin::types, Filter, FilterPre};
+use super::engine::{PluginEngine, EPOCH_TICK};
+use super::state::{PluginState, RequestRes, ResponseRes};
+use super::{
+    Isolation, Outbound, PluginError, PluginMeta, PluginReply, PluginRequest, PluginResponse,
+};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+
+struct Instance {
+    store: Store<PluginState>,
+    filter: Filter,
+    uses: u64,
+}
+
+pub struct InstancePool {
+    pre: FilterPre<PluginState>,
+    engine: Arc<PluginEngine>,
+    pub meta: Arc<PluginMeta>,
+    config: String,
+    outbound: Arc<dyn Outbound>,
+    isolation: Isolation,
+    idle: Mutex<Vec<Instance>>,
+}
+
+/// Idle instances kept per pool; more are created under load and dropped
+/// when returned beyond this.
+const MAX_IDLE: usize = 64;
+
+impl InstancePool {
+    /// Creates the pool and one instance, whose `configure` must accept the
+    /// config: a plugin that rejects its config fails the config load.
+    pub async fn new(
+        engine: Arc<PluginEngine>,
+        pre: FilterPre<PluginState>,
+        meta: Arc<PluginMeta>,
+        config: String,
+        outbound: Arc<dyn Outbound>,
+        isolation: Isolation,
+    ) -> Result<Arc<InstancePool>, PluginError> {
+        let pool = InstancePool {
+            pre,
+            engine,
+            meta,
+            config,
+            outbound,
+            isolation,
+            idle: Mutex::new(Vec::new()),
+        };
+        let first = pool.instantiate().await?;
+        pool.checkin(first);
+        Ok(Arc::new(pool))
+    }
+
+    async fn instantiate(&self) -> Result<Instance, PluginError> {
+        let limits = &self.meta.limits;
+        let state = PluginState {
+            table: wasmtime::component::ResourceTable::new(),
+            wasi: wasmtime_wasi::WasiCtx::builder().build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .instances(32)
+                .tables(32)
+                .table_elements(100_000)
+                .trap_on_grow_failure(true)
+                .build(),
+            meta: self.meta.clone(),
+            outbound: self.outbound.clone(),
+            request_id: String::new(),
+            output_exceeded: false,
+        };
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(limits.cpu));
+        let filter = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| classify(&e, &store))?;
+        store.set_epoch_deadline(ticks(limits.cpu));
+        let configured = filter
+            .call_configure(&mut store, &self.config)
+            .await
+            .map_err(|e| classify(&e, &store))?;
+        configured.map_err(PluginError::Rejected)?;
+        self.meta.metrics.instances(&self.meta.name, 1);
+        Ok(Instance {
+            store,
+            filter,
+            uses: 0,
+        })
+    }
+
+    async fn checkout(&self) -> Result<Instance, PluginError> {
+        if self.isolation == Isolation::Reuse {
+            let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+            if let Some(i) = idle {
+                return Ok(i);
+            }
+        }
+        self.instantiate().await
+    }
+
+    fn checkin(&self, mut inst: Instance) {
+        inst.uses += 1;
+        let keep =
+            self.isolation == Isolation::Reuse && inst.uses < self.meta.limits.max_instance_uses;
+        if keep {
+            if let Ok(mut idle) = self.idle.lock() {
+                if idle.len() < MAX_IDLE {
+                    idle.push(inst);
+                    return;
+                }
+            }
+        }
+        self.meta.metrics.instances(&self.meta.name, -1);
+    }
+
+    fn discard(&self, inst: Instance) {
+        drop(inst);
+        self.meta.metrics.instances(&self.meta.name, -1);
+    }
+
+    /// Runs the request-headers phase. The request always comes back, so a
+    /// fail-open policy can carry on with it.
+    pub async fn on_request(
+        &self,
+        req: PluginRequest,
+        request_id: &str,
+    ) -> (PluginRequest, Result<Option<PluginReply>, PluginError>) {
+        let mut inst = match self.checkout().await {
+            Ok(i) => i,
+            Err(e) => return (req, Err(e)),
+        };
+        let started = Instant::now();
+        prepare_call(&mut inst, request_id, self.meta.limits.cpu);
+        let res = match inst.store.data_mut().table.push(RequestRes(req)) {
+            Ok(r) => r,
+            Err(e) => unreachable_table(e),
+        };
+        let rep = res.rep();
+        let outcome = inst.filter.call_on_request(&mut inst.store, res).await;
+        let owned = wasmtime::component::Resource::<RequestRes>::new_own(rep);
+        let req = match inst.store.data_mut().table.delete(owned) {
+            Ok(r) => r.0,
+            Err(e) => unreachable_table(e),
+        };
+        let result = self.finish(inst, outcome, started);
+        (req, result)
+    }
+
+    /// Runs the response-headers phase.
+    pub async fn on_response(
+        &self,
+        resp: PluginResponse,
+        request_id: &str,
+    ) -> (PluginResponse, Result<Option<PluginReply>, PluginError>) {
+        let mut inst = match self.checkout().await {
+            Ok(i) => i,
+            Err(e) => return (resp, Err(e)),
+        };
+        let started = Instant::now();
+        prepare_call(&mut inst, request_id, self.meta.limits.cpu);
+        let res = match inst.store.data_mut().table.push(ResponseRes(resp)) {
+            Ok(r) => r,
+            Err(e) => unreachable_table(e),
+        };
+        let rep = res.rep();
+        let outcome = inst.filter.call_on_response(&mut inst.store, res).await;
+        let owned = wasmtime::component::Resource::<ResponseRes>::new_own(rep);
+        let resp = match inst.store.data_mut().table.delete(owned) {
+            Ok(r) => r.0,
+            Err(e) => unreachable_table(e),
+        };
+        let result = self.finish(inst, outcome, started);
+        (resp, result)
+    }
+
+    fn finish(
+        &self,
+        inst: Instance,
+        outcome: wasmtime::Result<types::Action>,
+        started: Instant,
+    ) -> Result<Option<PluginReply>, PluginError> {
+        self.meta.metrics.call(&self.meta.name, started.elapsed());
+        let result = match outcome {
+            Err(e) => Err(classify(&e, &inst.store)),
+            Ok(_) if inst.store.data().output_exceeded => Err(PluginError::OutputTooLarge),
+            Ok(types::Action::Continue) => Ok(None),
+            Ok(types::Action::Respond(r)) => reply(r, self.meta.limits.max_output_bytes).map(Some),
+        };
+        match &result {
+            Ok(_) | Err(PluginError::Rejected(_)) => self.checkin(inst),
+            Err(_) => self.discard(inst),
+        }
+        result
+    }
+}
+
+fn prepare_call(inst: &mut Instance, request_id: &str, cpu: std::time::Duration) {
+    let data = inst.store.data_mut();
+    data.request_id.clear();
+    data.request_id.push_str(request_id);
+    inst.store.set_epoch_deadline(ticks(cpu));
+}
+
+/// The resource table of a fresh store cannot be full or hold a foreign
+/// handle; if it ever did, failing the one request beats a panic.
+fn unreachable_table(e: wasmtime::component::ResourceTableError) -> ! {
+    tracing::error!(error = %e, "plugin resource table failure");
+    std::process::abort()
+}
+
+fn ticks(cpu: std::time::Duration) -> u64 {
+    (cpu.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}
+
+fn reply(r: types::Response, max: usize) -> Result<PluginReply, PluginError> {
+    let size = r.body.len()
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > max {
+        return Err(PluginError::OutputTooLarge);
+    }
+    let status = StatusCode::from_u16(r.status)
+        .ok()
+        .filter(|s| s.as_u16() >= 200)
+        .ok_or(PluginError::Invalid(format!("invalid status {}", r.status)))?;
+    let mut headers = HeaderMap::new();
+    for (k, v) in r.headers {
+        let n = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| PluginError::Invalid(format!("invalid header name `{k}`")))?;
+        let v = http::HeaderValue::from_bytes(&v)
+            .map_err(|_| PluginError::Invalid(format!("invalid value for header `{k}`")))?;
+        headers.append(n, v);
+    }
+    Ok(PluginReply {
+        status,
+        headers,
+        body: Bytes::from(r.body),
+    })
+}
+
+/// Names what went wrong in a failed call.
+fn classify(e: &wasmtime::Error, store: &Store<PluginState>) -> PluginError {
+    if store.data().output_exceeded {
+        return PluginError::OutputTooLarge;
+    }
+    let text = format!("{e:#}");
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Trap {
+            kind: "deadline",
+            detail: text,
+        },
+        Some(Trap::StackOverflow) => PluginError::Trap {
+            kind: "stack",
+            detail: text,
+        },
+        Some(Trap::UnreachableCodeReached) => PluginError::Trap {
+            kind: "unreachable",
+            detail: text,
+        },
+        Some(Trap::MemoryOutOfBounds) => PluginError::Trap {
+            kind: "memory_access",
+            detail: text,
+        },
+        Some(_) => PluginError::Trap {
+            kind: "trap",
+            detail: text,
+        },
+        None if text.contains("memory") && (text.contains("grow") || text.contains("limit")) => {
+            PluginError::Trap {
+                kind: "memory",
+                detail: text,
+            }
+        }
+        None => PluginError::Trap {
+            kind: "error",
+            detail: text,
+        },
+    }
+}
