@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# wasmgate benchmark: HTTP/1.1 proxying, no plugins.
+# wasmgate benchmark: HTTP/1.1 proxying without plugins and with 1 and 3 plugins.
 #
 # Method (see bench/README.md and BRIEF §5): the proxy under test is pinned to
 # CPU 0 with one worker/thread; the upstream (nginx, 1 worker, `return 200 "ok"`)
@@ -12,7 +12,7 @@
 #   DURATION=10       seconds per round
 #   WARMUP=2          warm-up seconds per peer
 #   CONNS=50          wrk connections
-#   PEERS="direct nginx haproxy wasmgate"   which peers to run, in order
+#   PEERS="direct nginx haproxy wasmgate wasmgate-1p wasmgate-3p"   which peers to run, in order
 #   NO_BUILD=1        do not run `cargo build --release -p wasmgate`
 #   WASMGATE_BIN=...  binary to use (default: <target dir>/release/wasmgate)
 #   NO_INSTALL=1      never call apt-get (fail if a tool is missing)
@@ -26,7 +26,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 CONNS="${CONNS:-50}"
-PEERS="${PEERS:-direct nginx haproxy wasmgate}"
+PEERS="${PEERS:-direct nginx haproxy wasmgate wasmgate-1p wasmgate-3p}"
 NO_BUILD="${NO_BUILD:-0}"
 NO_INSTALL="${NO_INSTALL:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
@@ -150,7 +150,7 @@ wait_http() {
     local url="$1" pid="$2" i body
     for i in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || return 1
-        body="$(curl -s --max-time 1 -o - -w ' %{http_code}' "$url" 2>/dev/null || true)"
+        body="$(curl -s --max-time 1 "${WRK_HDR[@]}" -o - -w ' %{http_code}' "$url" 2>/dev/null || true)"
         [ "$body" = "ok 200" ] && return 0
         sleep 0.1
     done
@@ -210,6 +210,8 @@ fmt_f() { awk -v x="$2" -v d="$1" 'BEGIN { if (x == "nan" || x == "") print "–
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "nan" || b == "nan" || b + 0 == 0) print "–"; else printf "%.2f\n", a / b }'; }
 
 WRK=(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS")
+# Extra wrk arguments for the current peer (request headers).
+WRK_HDR=()
 
 # Results, keyed by peer id.
 declare -A LABEL RPS P99 CPU UTIL STATUS NOTE
@@ -221,13 +223,13 @@ bench_peer() {
     local -a rps_l=() p99_l=() cpu_l=() util_l=()
     local errs=0
     log "$id: warm-up ${WARMUP}s"
-    "${WRK[@]}" -d"${WARMUP}s" "$url" >"$TMP/$id.warmup.txt" 2>&1 || true
+    "${WRK[@]}" "${WRK_HDR[@]}" -d"${WARMUP}s" "$url" >"$TMP/$id.warmup.txt" 2>&1 || true
     local r=0 retries=0
     while [ "$r" -lt "$ROUNDS" ]; do
         r=$((r + 1))
         others_sample >"$TMP/others.before"
         c0="$(cpu_sample)"
-        out="$("${WRK[@]}" -d"${DURATION}s" --latency "$url" 2>&1)" || { log "$id: wrk failed: $out"; return 1; }
+        out="$("${WRK[@]}" "${WRK_HDR[@]}" -d"${DURATION}s" --latency "$url" 2>&1)" || { log "$id: wrk failed: $out"; return 1; }
         c1="$(cpu_sample)"
         others_sample >"$TMP/others.after"
         others="$(others_delta "$TMP/others.before" "$TMP/others.after")"
@@ -406,15 +408,41 @@ EOF
         fi
         stop_pid "$pid"
         ;;
-    wasmgate)
-        ORDER+=(wasmgate); LABEL[wasmgate]="wasmgate ($GIT_REV)"
+    wasmgate|wasmgate-1p|wasmgate-3p)
+        id="$peer"
+        ORDER+=("$id")
+        WASM="$ROOT/plugins/target/wasm32-wasip2/release"
+        case "$id" in
+            wasmgate) LABEL[$id]="wasmgate ($GIT_REV)"; CHAIN="" ;;
+            wasmgate-1p) LABEL[$id]="wasmgate + 1 plugin (header-one)"
+                CHAIN='plugins = [{ plugin = "header-one" }]' ;;
+            wasmgate-3p) LABEL[$id]="wasmgate + 3 plugins (key-auth, rate-limit, header-transform)"
+                CHAIN='plugins = [
+  { plugin = "key-auth", config = { header = "x-api-key", keys = { bench-key = "bench" } } },
+  { plugin = "rate-limit", config = { limit = 1000000000, window_ms = 60000, key = "consumer" } },
+  { plugin = "header-transform", config = { request = { set = { x-bench = "1" } }, response = { remove = ["server"] } } },
+]' ;;
+        esac
         if [ ! -x "$WASMGATE_BIN" ]; then
-            log "wasmgate: skipped: binary missing ($WASMGATE_BIN)"
-            STATUS[wasmgate]="skipped: binary missing"
+            log "$id: skipped: binary missing ($WASMGATE_BIN)"
+            STATUS[$id]="skipped: binary missing"
             continue
         fi
-        mkdir -p "$TMP/wasmgate"
-        cat >"$TMP/wasmgate/wasmgate.toml" <<EOF
+        if [ -n "$CHAIN" ] && [ ! -f "$WASM/key_auth.wasm" ]; then
+            log "$id: building plugins"
+            (cd "$ROOT/plugins" && { rustup target add wasm32-wasip2 >/dev/null 2>&1 || true; } && cargo build --release --target wasm32-wasip2) >&2
+        fi
+        mkdir -p "$TMP/$id"
+        PLUGINS_TOML=""
+        if [ -n "$CHAIN" ]; then
+            for p in header-one key-auth rate-limit header-transform; do
+                PLUGINS_TOML+="[[plugins]]
+name = \"$p\"
+path = \"$WASM/${p//-/_}.wasm\"
+"
+            done
+        fi
+        cat >"$TMP/$id/wasmgate.toml" <<EOF
 [log]
 level = "warn"
 access_log = false
@@ -427,29 +455,33 @@ address = "127.0.0.1:$WG_PORT"
 name = "nginx"
 endpoints = ["127.0.0.1:$UP_PORT"]
 
+$PLUGINS_TOML
 [[routes]]
 name = "all"
 upstream = "nginx"
+$CHAIN
 EOF
-        start_bg wasmgate taskset -c "$PROXY_CPU" "$WASMGATE_BIN" run --config "$TMP/wasmgate/wasmgate.toml" --threads 1
+        WRK_HDR=(-H "x-api-key: bench-key" -H "x-bench-in: v")
+        start_bg "$id" taskset -c "$PROXY_CPU" "$WASMGATE_BIN" run --config "$TMP/$id/wasmgate.toml" --threads 1
         pid=$LAST_PID
         # It prints `ready` on stdout once serving; wait for that (bounded), then check by HTTP.
         seen_ready=0
         for _ in $(seq 1 200); do
-            grep -qx 'ready' "$TMP/wasmgate.out" 2>/dev/null && { seen_ready=1; break; }
+            grep -qx 'ready' "$TMP/$id.out" 2>/dev/null && { seen_ready=1; break; }
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.05
         done
         if wait_http "http://127.0.0.1:$WG_PORT/" "$pid"; then
-            [ "$seen_ready" = 1 ] || NOTE[wasmgate]="no \`ready\` line on stdout within 10 s; "
-            bench_peer wasmgate "http://127.0.0.1:$WG_PORT/" || STATUS[wasmgate]="failed: wrk"
-            kill -0 "$pid" 2>/dev/null || { NOTE[wasmgate]="${NOTE[wasmgate]:-}process exited during the run; "; show_logs wasmgate; }
+            [ "$seen_ready" = 1 ] || NOTE[$id]="no \`ready\` line on stdout within 10 s; "
+            bench_peer "$id" "http://127.0.0.1:$WG_PORT/" || STATUS[$id]="failed: wrk"
+            kill -0 "$pid" 2>/dev/null || { NOTE[$id]="${NOTE[$id]:-}process exited during the run; "; show_logs "$id"; }
         else
-            show_logs wasmgate; STATUS[wasmgate]="failed: did not start"
+            show_logs "$id"; STATUS[$id]="failed: did not start"
         fi
+        WRK_HDR=()
         stop_pid "$pid"
         ;;
-    *) die "unknown peer '$peer' (known: direct nginx haproxy wasmgate)" ;;
+    *) die "unknown peer '$peer' (known: direct nginx haproxy wasmgate wasmgate-1p wasmgate-3p)" ;;
     esac
 done
 

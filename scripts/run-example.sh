@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+(cd plugins && cargo build --release --target wasm32-wasip2)
 cargo build --release -p wasmgate
 python3 -m http.server 8081 --bind 127.0.0.1 --directory docs >/dev/null 2>&1 &
 files=$!
@@ -11,7 +13,9 @@ trap 'kill $files 2>/dev/null || true' EXIT INT TERM
 cat <<MSG
 wasmgate is starting on http://127.0.0.1:8080 (admin on http://127.0.0.1:9901). Try:
   curl -i localhost:8080/
-  curl -i localhost:8080/hello/you
+  curl -i localhost:8080/hello/you                          # a plugin adds x-hello-plugin
+  curl -i localhost:8080/private                            # key-auth plugin: 401
+  curl -i -H 'x-api-key: demo-key' localhost:8080/private   # 200, then 429 after 5 a minute
   curl -i localhost:8080/docs/config.md
   curl -i localhost:8080/status/metrics
   curl -i --http2-prior-knowledge localhost:8080/

@@ -60,11 +60,18 @@ fn main() -> ExitCode {
         }
     };
     wasmgate::app::init_tracing(&cfg);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One thread: a current-thread runtime, which skips the work-stealing
+    // machinery a single worker cannot use.
+    let mut rt = match threads {
+        Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     rt.enable_all();
-    if let Some(n) = threads {
-        rt.worker_threads(n.max(1));
-    }
     let result = rt
         .build()
         .map_err(anyhow::Error::from)

@@ -11,6 +11,7 @@ mod engine;
 pub mod kv;
 mod pool;
 mod state;
+pub mod testing;
 
 pub use engine::PluginEngine;
 pub use pool::InstancePool;
@@ -170,6 +171,8 @@ pub enum Outcome {
 /// one after another.
 pub struct Chain<'a> {
     pub parts: [&'a [ChainLink]; 3],
+    /// The route the request matched, for log lines.
+    pub route: &'a str,
 }
 
 impl Chain<'_> {
@@ -229,11 +232,11 @@ impl Chain<'_> {
                 meta.metrics.error(&meta.name, error.kind());
                 match link.failure {
                     FailurePolicy::Open => {
-                        tracing::warn!(plugin = %meta.name, request_id, phase, kind = error.kind(), error = %error, "plugin failed; skipped (fail-open)");
+                        tracing::warn!(plugin = %meta.name, route = self.route, request_id, phase, kind = error.kind(), error = %error, "plugin failed; skipped (fail-open)");
                         None
                     }
                     FailurePolicy::Closed { status } => {
-                        tracing::error!(plugin = %meta.name, request_id, phase, kind = error.kind(), error = %error, "plugin failed; request refused (fail-closed)");
+                        tracing::error!(plugin = %meta.name, route = self.route, request_id, phase, kind = error.kind(), error = %error, "plugin failed; request refused (fail-closed)");
                         Some(Outcome::Failed(ChainFailure {
                             plugin: meta.name.clone(),
                             error,

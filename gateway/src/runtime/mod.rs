@@ -102,6 +102,7 @@ impl Snapshot {
                     .map_or(NONE, Vec::as_slice),
                 self.chains.routes.get(index).map_or(NONE, Vec::as_slice),
             ],
+            route: self.route_names.get(index).map_or("", |n| n),
         }
     }
 
