@@ -10,10 +10,14 @@
 //! `# expect: LINE[-LINE]: text` comments: an error must be reported on that
 //! line (range) and mention that text, so a golden file generated from a
 //! wrong binary cannot hide a wrongly located error.
+//!
+//! Plugin cases name components by relative path under
+//! `plugins/target/wasm32-wasip2/release/`, so the plugins are built first.
 
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use wasmgate_e2e::gateway::{check, workspace};
+use wasmgate_e2e::plugins;
 
 fn invalid_dir() -> PathBuf {
     workspace().join("tests").join("config").join("invalid")
@@ -122,6 +126,8 @@ async fn check_case(dir: &Path, toml_path: &Path, update: bool) -> Result<Vec<St
 async fn invalid_configs_match_their_golden_errors() -> Result<()> {
     let dir = invalid_dir();
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    // The plugin cases refer to built components.
+    plugins::path_async("reject_config").await;
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -86,7 +86,7 @@ async fn sighup_admin_and_file_change_each_reload() -> Result<()> {
 }
 
 /// Waits until the load tasks have completed `n` more requests.
-async fn wait_load(done: &mut watch::Receiver<usize>, n: usize) -> Result<()> {
+pub async fn wait_load(done: &mut watch::Receiver<usize>, n: usize) -> Result<()> {
     let target = *done.borrow() + n;
     tokio::time::timeout(T, done.wait_for(|d| *d >= target))
         .await
@@ -219,7 +219,7 @@ async fn hot_reload_under_load_fails_no_request() -> Result<()> {
 
 /// Checks a 400 reload answer: every error is `FILE:LINE:COL: message`,
 /// and one of them is at `line` and mentions `needle`.
-fn assert_located_errors(body: &str, file: &str, line: usize, needle: &str) -> Result<()> {
+pub fn assert_located_errors(body: &str, file: &str, line: usize, needle: &str) -> Result<()> {
     let j: Value = serde_json::from_str(body).with_context(|| format!("reload body: {body}"))?;
     ensure!(j["status"] == "error", "reload body: {body}");
     let errors: Vec<&str> = j["errors"]
@@ -253,7 +253,7 @@ fn assert_located_errors(body: &str, file: &str, line: usize, needle: &str) -> R
 }
 
 /// The 1-based line of `text` that contains `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
+pub fn line_of(text: &str, needle: &str) -> usize {
     text.lines()
         .position(|l| l.contains(needle))
         .map_or(0, |i| i + 1)

@@ -43,35 +43,9 @@ pub fn workspace() -> PathBuf {
 
 fn build() -> Result<PathBuf, String> {
     let ws = workspace();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = std::process::Command::new(&cargo);
-    cmd.args(["build", "-p", "wasmgate", "--bin", "wasmgate"])
-        .current_dir(&ws);
-    // Variables cargo sets for the running test would leak into the nested
-    // build; build scripts that watch them (ring watches CARGO_MANIFEST_DIR)
-    // would then rebuild on every alternation between the two builds.
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        let set_for_crate = matches!(
-            key,
-            "CARGO_MANIFEST_DIR"
-                | "CARGO_MANIFEST_PATH"
-                | "CARGO_MANIFEST_LINKS"
-                | "CARGO_CRATE_NAME"
-                | "CARGO_BIN_NAME"
-                | "CARGO_PRIMARY_PACKAGE"
-                | "CARGO_TARGET_TMPDIR"
-                | "CARGO_RUSTC_CURRENT_DIR"
-                | "OUT_DIR"
-        ) || key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_BIN_EXE_");
-        if set_for_crate {
-            cmd.env_remove(key);
-        }
-    }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cargo:?}: {e}"))?;
+    let mut cmd = cargo_command(&ws);
+    cmd.args(["build", "-p", "wasmgate", "--bin", "wasmgate"]);
+    let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "`cargo build -p wasmgate --bin wasmgate` failed ({}):\n{}",
@@ -93,6 +67,38 @@ fn build() -> Result<PathBuf, String> {
         ));
     }
     Ok(bin)
+}
+
+/// A `cargo` command (the cargo running the tests, if any) to run in `dir`,
+/// without the variables cargo sets for the running test.
+///
+/// Those would leak into the nested build; build scripts that watch them
+/// (ring watches CARGO_MANIFEST_DIR) would then rebuild on every
+/// alternation between the nested build and the test's own.
+pub(crate) fn cargo_command(dir: &Path) -> std::process::Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_for_crate = matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        ) || key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_");
+        if set_for_crate {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
 
 /// Builds the binary without blocking the async runtime.
@@ -432,15 +438,27 @@ impl Gateway {
 
     /// Resident set size of the gateway process, in bytes.
     pub fn rss_bytes(&self) -> Result<u64> {
+        self.proc_status_bytes("VmRSS:")
+    }
+
+    /// The peak resident set size of the gateway process so far (VmHWM),
+    /// in bytes: shows memory that was used and given back between two
+    /// samples.
+    pub fn peak_rss_bytes(&self) -> Result<u64> {
+        self.proc_status_bytes("VmHWM:")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status`, in bytes.
+    fn proc_status_bytes(&self, field: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .context("no VmRSS in /proc/<pid>/status")?;
+            .find(|l| l.starts_with(field))
+            .with_context(|| format!("no {field} in /proc/<pid>/status"))?;
         let kib: u64 = line
             .split_whitespace()
             .nth(1)
-            .context("malformed VmRSS line")?
+            .with_context(|| format!("malformed {field} line"))?
             .parse()?;
         Ok(kib * 1024)
     }

@@ -11,12 +11,14 @@
 //! - [`client`]: HTTP/1.1, h2c and HTTP/2-over-TLS clients.
 //! - [`raw`]: byte-level TCP clients for malformed requests and slow peers.
 //! - [`conf`]: small config snippets shared by many tests.
+//! - [`plugins`]: the WebAssembly plugins, built once per test process.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
 pub mod conf;
 pub mod gateway;
+pub mod plugins;
 pub mod raw;
 pub mod tls;
 pub mod upstream;
