@@ -315,9 +315,10 @@ async fn proxy(
             authority_override: None,
             upstream: None,
         };
-        let (preq, outcome) = chain
-            .on_request(preq, access.request_id.to_str().unwrap_or("-"))
-            .await;
+        // Boxed: plugin call futures are large, and requests on routes
+        // without plugins should not carry their size.
+        let request_id = access.request_id.to_str().unwrap_or("-");
+        let (preq, outcome) = Box::pin(chain.on_request(preq, request_id)).await;
         parts.headers = preq.headers;
         access.context = preq.context;
         match outcome {
@@ -362,9 +363,8 @@ async fn proxy(
             headers: std::mem::take(&mut head.headers),
             context: std::mem::take(&mut access.context),
         };
-        let (presp, outcome) = chain
-            .on_response(presp, access.request_id.to_str().unwrap_or("-"))
-            .await;
+        let request_id = access.request_id.to_str().unwrap_or("-");
+        let (presp, outcome) = Box::pin(chain.on_response(presp, request_id)).await;
         head.status = presp.status;
         head.headers = presp.headers;
         access.context = presp.context;
