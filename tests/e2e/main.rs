@@ -15,6 +15,7 @@ mod limits;
 mod malformed;
 mod plugin_config;
 mod plugin_failures;
+mod plugin_harness;
 mod plugin_reload;
 mod plugins;
 mod protocols;

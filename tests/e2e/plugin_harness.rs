@@ -1,0 +1,51 @@
+//! The test harness plugin authors use (`wasmgate::plugin::testing`):
+//! a plugin loaded, configured and run without a gateway.
+
+use anyhow::Result;
+use wasmgate::plugin::testing::{TestPlugin, TestRequest};
+use wasmgate_e2e::plugins;
+
+#[tokio::test]
+async fn harness_runs_both_phases_and_reports_the_plugins_effects() -> Result<()> {
+    let hello = TestPlugin::load(plugins::path("hello_header"), r#"{"greeting":"hi"}"#)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let run = hello
+        .on_request(TestRequest::get("/x").header("x-a", "1"))
+        .await;
+    assert!(run.reply.is_none());
+    assert_eq!(run.request.headers["x-hello"], "hi");
+    assert_eq!(run.request.context["greeting"], "hi");
+    let resp = hello.on_response(200, &[], &[]).await?;
+    assert_eq!(resp.response.headers["x-hello-plugin"], "hi");
+    Ok(())
+}
+
+#[tokio::test]
+async fn harness_reports_config_rejection_short_circuits_and_traps() -> Result<()> {
+    let err = TestPlugin::load(plugins::path("hello_header"), "{}")
+        .await
+        .err();
+    assert!(
+        err.is_some_and(|e| e.contains("greeting")),
+        "missing greeting accepted"
+    );
+
+    let deny = TestPlugin::load(
+        plugins::path("deny_header"),
+        r#"{"header":"x-block","status":403}"#,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let run = deny
+        .on_request(TestRequest::get("/").header("x-block", "1"))
+        .await;
+    assert_eq!(run.reply.map(|r| r.status.as_u16()), Some(403));
+
+    let trap = TestPlugin::load(plugins::path("trap"), "{}")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let failed = trap.try_on_request(TestRequest::get("/")).await.err();
+    assert_eq!(failed.map(|e| e.kind()), Some("unreachable"));
+    Ok(())
+}
