@@ -2,7 +2,9 @@
 //! a plugin loaded, configured and run without a gateway.
 
 use anyhow::Result;
+use std::time::Duration;
 use wasmgate::plugin::testing::{TestPlugin, TestRequest};
+use wasmgate::plugin::{Isolation, PluginLimits};
 use wasmgate_e2e::plugins;
 
 #[tokio::test]
@@ -47,5 +49,30 @@ async fn harness_reports_config_rejection_short_circuits_and_traps() -> Result<(
         .map_err(anyhow::Error::msg)?;
     let failed = trap.try_on_request(TestRequest::get("/")).await.err();
     assert_eq!(failed.map(|e| e.kind()), Some("unreachable"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_instance_outlives_the_component_store_handle_limit() -> Result<()> {
+    // wasmtime caps live handles per store at 100,000; lending the request
+    // to the guest must not leave one behind per call, or a reused instance
+    // traps after that many calls.
+    let limits = PluginLimits {
+        memory_bytes: 32 << 20,
+        cpu: Duration::from_secs(1),
+        max_output_bytes: 1 << 20,
+        max_instance_uses: u64::MAX,
+    };
+    let plugin = TestPlugin::load_with(plugins::path("header_one"), "{}", limits, Isolation::Reuse)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    for i in 0..101_000 {
+        if let Err(e) = plugin.try_on_request(TestRequest::get("/")).await {
+            anyhow::bail!("request phase {i} failed: {e}");
+        }
+        if let Err(e) = plugin.on_response(200, &[], &[]).await {
+            anyhow::bail!("response phase {i} failed: {e}");
+        }
+    }
     Ok(())
 }

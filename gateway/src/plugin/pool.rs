@@ -148,7 +148,10 @@ impl InstancePool {
             Err(e) => unreachable_table(e),
         };
         let rep = res.rep();
-        let outcome = inst.filter.call_on_request(&mut inst.store, res).await;
+        // Lent to the guest as a borrow: passing the owning handle would
+        // leave one store handle behind per call.
+        let lent = wasmtime::component::Resource::<RequestRes>::new_borrow(rep);
+        let outcome = inst.filter.call_on_request(&mut inst.store, lent).await;
         let owned = wasmtime::component::Resource::<RequestRes>::new_own(rep);
         let req = match inst.store.data_mut().table.delete(owned) {
             Ok(r) => r.0,
@@ -175,7 +178,8 @@ impl InstancePool {
             Err(e) => unreachable_table(e),
         };
         let rep = res.rep();
-        let outcome = inst.filter.call_on_response(&mut inst.store, res).await;
+        let lent = wasmtime::component::Resource::<ResponseRes>::new_borrow(rep);
+        let outcome = inst.filter.call_on_response(&mut inst.store, lent).await;
         let owned = wasmtime::component::Resource::<ResponseRes>::new_own(rep);
         let resp = match inst.store.data_mut().table.delete(owned) {
             Ok(r) => r.0,
