@@ -30,18 +30,32 @@ pub struct Chains {
 /// The largest response body a plugin's HTTP call may return.
 const MAX_CALL_BODY: usize = 4 << 20;
 
-struct Prom;
+/// One plugin's metric handles, fetched once so that a call does not look
+/// up (and allocate) its labels.
+struct Prom {
+    calls: prometheus_client::metrics::counter::Counter,
+    duration: prometheus_client::metrics::histogram::Histogram,
+    instances: prometheus_client::metrics::gauge::Gauge,
+}
 
-impl PluginMetrics for Prom {
-    fn call(&self, plugin: &str, elapsed: Duration) {
+impl Prom {
+    fn new(plugin: &str) -> Prom {
         let m = metrics::global();
         let label = PluginLabel {
             plugin: plugin.to_string(),
         };
-        m.plugin_calls.get_or_create(&label).inc();
-        m.plugin_call_duration
-            .get_or_create(&label)
-            .observe(elapsed.as_secs_f64());
+        Prom {
+            calls: m.plugin_calls.get_or_create(&label).clone(),
+            duration: m.plugin_call_duration.get_or_create(&label).clone(),
+            instances: m.plugin_instances.get_or_create(&label).clone(),
+        }
+    }
+}
+
+impl PluginMetrics for Prom {
+    fn call(&self, _: &str, elapsed: Duration) {
+        self.calls.inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
     fn error(&self, plugin: &str, kind: &'static str) {
         metrics::global()
@@ -52,13 +66,8 @@ impl PluginMetrics for Prom {
             })
             .inc();
     }
-    fn instances(&self, plugin: &str, delta: i64) {
-        metrics::global()
-            .plugin_instances
-            .get_or_create(&PluginLabel {
-                plugin: plugin.to_string(),
-            })
-            .inc_by(delta);
+    fn instances(&self, _: &str, delta: i64) {
+        self.instances.inc_by(delta);
     }
     fn guest_counter(&self, plugin: &str, name: &str, value: u64) {
         let label = PluginName {
@@ -207,7 +216,6 @@ pub async fn build(config: &Config, upstreams: Arc<Upstreams>) -> Result<Chains,
         }
     };
     let outbound: Arc<dyn Outbound> = Arc::new(UpstreamOutbound(upstreams));
-    let metrics: Arc<dyn PluginMetrics> = Arc::new(Prom);
 
     // Compile (or find compiled) every declared plugin, off the async threads.
     let mut prepared = HashMap::new();
@@ -246,7 +254,7 @@ pub async fn build(config: &Config, upstreams: Arc<Upstreams>) -> Result<Chains,
                             name: Arc::from(p.name.as_str()),
                             limits: limits(p),
                             kv,
-                            metrics: metrics.clone(),
+                            metrics: Arc::new(Prom::new(&p.name)),
                         });
                         let isolation = match p.isolation {
                             IsolationMode::Reuse => Isolation::Reuse,
