@@ -23,4 +23,9 @@ cargo build -p wasmgate --bin wasmgate
 # Built here so that no single end-to-end test pays for the build (the
 # harness builds them on first use otherwise; then this is a no-op).
 (cd plugins && cargo build --release --target wasm32-wasip2)
-cargo test --workspace -- --test-threads=2
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace -- --test-threads=2 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary,
+# ending with the doc tests, which may be empty).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
