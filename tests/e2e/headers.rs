@@ -96,6 +96,22 @@ remove = ["server"]
 }
 
 #[tokio::test]
+async fn an_http10_upstream_answer_reaches_an_http11_client_as_http11() -> Result<()> {
+    let up = upstream::raw(&b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"[..]).await?;
+    let gw = Gateway::start(&conf::simple(up.addr())).await?;
+    let resp = raw::exchange(
+        gw.addr("main"),
+        "GET / HTTP/1.1\r\nhost: api.test\r\n\r\n",
+        T,
+    )
+    .await?;
+    assert!(resp.head.starts_with("HTTP/1.1 200"), "{}", resp.head);
+    // Via names the protocol the gateway received the response with.
+    assert_eq!(resp.header("via"), Some("1.0 wasmgate"));
+    Ok(())
+}
+
+#[tokio::test]
 async fn hop_by_hop_request_headers_do_not_reach_the_upstream() -> Result<()> {
     let echo = upstream::echo().await?;
     let gw = Gateway::start(&conf::simple(echo.addr())).await?;

@@ -428,6 +428,7 @@ async fn forward(
         .path_and_query
         .parse()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    let parts_version = parts.version;
     let mut out = Request::builder().method(parts.method).uri(uri);
     let headers = out
         .headers_mut()
@@ -474,6 +475,8 @@ async fn forward(
     headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
     let version = resp.version();
     headers::append_via(resp.headers_mut(), version);
+    // The client gets its own protocol version back, whatever the upstream spoke.
+    *resp.version_mut() = parts_version;
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         upgrade::tunnel(client_upgrade, upstream_upgrade, access.request_id.clone());
