@@ -95,6 +95,64 @@ fn set_header(h: &mut HeaderMap, name: &str, value: &[u8], append: bool) -> Resu
     Ok(())
 }
 
+/// What the request and response resources share: headers and the context.
+trait Head: Sized + Send + 'static {
+    fn parts(&mut self) -> (&mut HeaderMap, &mut super::Context);
+}
+
+impl Head for RequestRes {
+    fn parts(&mut self) -> (&mut HeaderMap, &mut super::Context) {
+        (&mut self.0.headers, &mut self.0.context)
+    }
+}
+
+impl Head for ResponseRes {
+    fn parts(&mut self) -> (&mut HeaderMap, &mut super::Context) {
+        (&mut self.0.headers, &mut self.0.context)
+    }
+}
+
+/// The header and context calls, once for both resources.
+impl PluginState {
+    fn head<T: Head>(&mut self, r: &Resource<T>) -> R<(&mut HeaderMap, &mut super::Context)> {
+        Ok(self.table.get_mut(r)?.parts())
+    }
+    fn get_one<T: Head>(&mut self, r: &Resource<T>, name: &str) -> R<Option<Vec<u8>>> {
+        Ok(header_one(self.head(r)?.0, name))
+    }
+    fn get_all<T: Head>(&mut self, r: &Resource<T>, name: &str) -> R<Vec<Vec<u8>>> {
+        Ok(header_all(self.head(r)?.0, name))
+    }
+    fn get_list<T: Head>(&mut self, r: &Resource<T>) -> R<Vec<(String, Vec<u8>)>> {
+        Ok(header_list(self.head(r)?.0))
+    }
+    fn put<T: Head>(
+        &mut self,
+        r: &Resource<T>,
+        name: &str,
+        value: &[u8],
+        append: bool,
+    ) -> R<Result<(), String>> {
+        if let Err(e) = self.admit(value.len()) {
+            return Ok(Err(e));
+        }
+        Ok(set_header(self.head(r)?.0, name, value, append))
+    }
+    fn remove<T: Head>(&mut self, r: &Resource<T>, name: &str) -> R<()> {
+        self.head(r)?.0.remove(name);
+        Ok(())
+    }
+    fn ctx_get<T: Head>(&mut self, r: &Resource<T>, key: &str) -> R<Option<String>> {
+        Ok(self.head(r)?.1.get(key).cloned())
+    }
+    fn ctx_set<T: Head>(&mut self, r: &Resource<T>, key: String, value: String) -> R<()> {
+        if self.admit(key.len() + value.len()).is_ok() {
+            self.head(r)?.1.insert(key, value);
+        }
+        Ok(())
+    }
+}
+
 impl types::Host for PluginState {}
 
 impl types::HostRequest for PluginState {
@@ -128,13 +186,13 @@ impl types::HostRequest for PluginState {
         Ok(self.req(&r)?.route.to_string())
     }
     fn header(&mut self, r: Resource<RequestRes>, name: String) -> R<Option<Vec<u8>>> {
-        Ok(header_one(&self.req(&r)?.headers, &name))
+        self.get_one(&r, &name)
     }
     fn header_all(&mut self, r: Resource<RequestRes>, name: String) -> R<Vec<Vec<u8>>> {
-        Ok(header_all(&self.req(&r)?.headers, &name))
+        self.get_all(&r, &name)
     }
     fn headers(&mut self, r: Resource<RequestRes>) -> R<Vec<(String, Vec<u8>)>> {
-        Ok(header_list(&self.req(&r)?.headers))
+        self.get_list(&r)
     }
     fn set_header(
         &mut self,
@@ -142,10 +200,7 @@ impl types::HostRequest for PluginState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), String>> {
-        if let Err(e) = self.admit(value.len()) {
-            return Ok(Err(e));
-        }
-        Ok(set_header(&mut self.req(&r)?.headers, &name, &value, false))
+        self.put(&r, &name, &value, false)
     }
     fn append_header(
         &mut self,
@@ -153,14 +208,10 @@ impl types::HostRequest for PluginState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), String>> {
-        if let Err(e) = self.admit(value.len()) {
-            return Ok(Err(e));
-        }
-        Ok(set_header(&mut self.req(&r)?.headers, &name, &value, true))
+        self.put(&r, &name, &value, true)
     }
     fn remove_header(&mut self, r: Resource<RequestRes>, name: String) -> R<()> {
-        self.req(&r)?.headers.remove(name.as_str());
-        Ok(())
+        self.remove(&r, &name)
     }
     fn set_path(&mut self, r: Resource<RequestRes>, pq: String) -> R<Result<(), String>> {
         if !pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err() {
@@ -192,14 +243,10 @@ impl types::HostRequest for PluginState {
         Ok(Ok(()))
     }
     fn context_get(&mut self, r: Resource<RequestRes>, key: String) -> R<Option<String>> {
-        Ok(self.req(&r)?.context.get(&key).cloned())
+        self.ctx_get(&r, &key)
     }
     fn context_set(&mut self, r: Resource<RequestRes>, key: String, value: String) -> R<()> {
-        if self.admit(key.len() + value.len()).is_err() {
-            return Ok(());
-        }
-        self.req(&r)?.context.insert(key, value);
-        Ok(())
+        self.ctx_set(&r, key, value)
     }
     fn drop(&mut self, r: Resource<RequestRes>) -> R<()> {
         // The host owns the request; the guest only ever borrows it.
@@ -222,13 +269,13 @@ impl types::HostResponseHead for PluginState {
         }
     }
     fn header(&mut self, r: Resource<ResponseRes>, name: String) -> R<Option<Vec<u8>>> {
-        Ok(header_one(&self.resp(&r)?.headers, &name))
+        self.get_one(&r, &name)
     }
     fn header_all(&mut self, r: Resource<ResponseRes>, name: String) -> R<Vec<Vec<u8>>> {
-        Ok(header_all(&self.resp(&r)?.headers, &name))
+        self.get_all(&r, &name)
     }
     fn headers(&mut self, r: Resource<ResponseRes>) -> R<Vec<(String, Vec<u8>)>> {
-        Ok(header_list(&self.resp(&r)?.headers))
+        self.get_list(&r)
     }
     fn set_header(
         &mut self,
@@ -236,15 +283,7 @@ impl types::HostResponseHead for PluginState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), String>> {
-        if let Err(e) = self.admit(value.len()) {
-            return Ok(Err(e));
-        }
-        Ok(set_header(
-            &mut self.resp(&r)?.headers,
-            &name,
-            &value,
-            false,
-        ))
+        self.put(&r, &name, &value, false)
     }
     fn append_header(
         &mut self,
@@ -252,24 +291,16 @@ impl types::HostResponseHead for PluginState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), String>> {
-        if let Err(e) = self.admit(value.len()) {
-            return Ok(Err(e));
-        }
-        Ok(set_header(&mut self.resp(&r)?.headers, &name, &value, true))
+        self.put(&r, &name, &value, true)
     }
     fn remove_header(&mut self, r: Resource<ResponseRes>, name: String) -> R<()> {
-        self.resp(&r)?.headers.remove(name.as_str());
-        Ok(())
+        self.remove(&r, &name)
     }
     fn context_get(&mut self, r: Resource<ResponseRes>, key: String) -> R<Option<String>> {
-        Ok(self.resp(&r)?.context.get(&key).cloned())
+        self.ctx_get(&r, &key)
     }
     fn context_set(&mut self, r: Resource<ResponseRes>, key: String, value: String) -> R<()> {
-        if self.admit(key.len() + value.len()).is_err() {
-            return Ok(());
-        }
-        self.resp(&r)?.context.insert(key, value);
-        Ok(())
+        self.ctx_set(&r, key, value)
     }
     fn drop(&mut self, r: Resource<ResponseRes>) -> R<()> {
         let _ = r;
