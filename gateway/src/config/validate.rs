@@ -7,7 +7,6 @@ use super::raw::*;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -494,7 +493,7 @@ impl Validator {
                 None => self.r.error(&h.span(), format!("invalid host `{}`", h.get_ref()), "use a host name such as \"api.example.com\" or \"*.example.com\" (no port, no scheme)"),
             }
         }
-        let path = self.path_match(&raw, &span);
+        let path = self.path_match(&raw);
         let mut methods = Vec::new();
         for m in &raw.methods {
             match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
@@ -580,7 +579,7 @@ impl Validator {
         })
     }
 
-    fn path_match(&mut self, raw: &RawRoute, span: &Range<usize>) -> Option<PathMatch> {
+    fn path_match(&mut self, raw: &RawRoute) -> Option<PathMatch> {
         let given: Vec<&S<String>> = [&raw.path, &raw.path_prefix, &raw.path_pattern]
             .into_iter()
             .flatten()
@@ -615,7 +614,6 @@ impl Validator {
                 }
             };
         }
-        let _ = span;
         let prefix = raw
             .path_prefix
             .as_ref()

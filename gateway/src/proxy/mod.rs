@@ -503,7 +503,7 @@ async fn exchange(
 ) -> Result<Response<Incoming>, ProxyError> {
     let names = || (upstream.name.clone(), endpoint.to_string());
     let result =
-        tokio::time::timeout(upstream.response_timeout, upstream.send(endpoint, req)).await;
+        tokio::time::timeout(upstream.response_timeout(), upstream.send(endpoint, req)).await;
     let err = match result {
         Ok(Ok(resp)) => return Ok(resp),
         Ok(Err(e)) => e,

@@ -40,9 +40,6 @@ enum Transport {
 /// One upstream with its own connection pool.
 pub struct Upstream {
     pub name: String,
-    pub protocol: UpstreamProtocol,
-    pub response_timeout: Duration,
-    endpoints: Vec<String>,
     cfg: UpstreamConfig,
     next: AtomicUsize,
     transport: Transport,
@@ -66,9 +63,6 @@ impl Upstream {
         };
         Upstream {
             name: cfg.name.clone(),
-            protocol: cfg.protocol,
-            response_timeout: cfg.response_timeout,
-            endpoints: cfg.endpoints.clone(),
             cfg: cfg.clone(),
             next: AtomicUsize::new(0),
             transport,
@@ -77,11 +71,17 @@ impl Upstream {
 
     /// The next endpoint in round-robin order, or `None` if there is none.
     pub fn pick(&self) -> Option<&str> {
-        if self.endpoints.is_empty() {
+        let endpoints = &self.cfg.endpoints;
+        if endpoints.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(&self.endpoints[i])
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        Some(&endpoints[i])
+    }
+
+    /// How long to wait for the response head.
+    pub fn response_timeout(&self) -> Duration {
+        self.cfg.response_timeout
     }
 
     /// Sends a request whose URI is origin-form (path and query) and whose
