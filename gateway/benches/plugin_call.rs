@@ -40,10 +40,8 @@ async fn measure(
     iterations: usize,
 ) -> (f64, f64) {
     let limits = PluginLimits {
-        memory_bytes: 32 << 20,
-        cpu: Duration::from_millis(50),
-        max_output_bytes: 1 << 20,
         max_instance_uses: u64::MAX,
+        ..PluginLimits::default()
     };
     let p = match TestPlugin::load_with(wasm(plugin), "{}", limits, isolation).await {
         Ok(p) => p,

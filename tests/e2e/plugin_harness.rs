@@ -58,10 +58,9 @@ async fn one_instance_outlives_the_component_store_handle_limit() -> Result<()> 
     // to the guest must not leave one behind per call, or a reused instance
     // traps after that many calls.
     let limits = PluginLimits {
-        memory_bytes: 32 << 20,
         cpu: Duration::from_secs(1),
-        max_output_bytes: 1 << 20,
         max_instance_uses: u64::MAX,
+        ..PluginLimits::default()
     };
     let plugin = TestPlugin::load_with(plugins::path("header_one"), "{}", limits, Isolation::Reuse)
         .await

@@ -39,6 +39,8 @@ pub struct PluginConfig {
     pub cpu_limit: Duration,
     pub max_output_bytes: usize,
     pub max_instance_uses: u64,
+    /// The largest body buffered for this plugin's body phases.
+    pub max_body_bytes: usize,
     #[serde(skip)]
     pub location: Location,
 }

@@ -49,6 +49,7 @@ pub struct RawPlugin {
     pub cpu_limit: Option<S<String>>,
     pub max_output_bytes: Option<S<u64>>,
     pub max_instance_uses: Option<S<u64>>,
+    pub max_body_bytes: Option<S<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

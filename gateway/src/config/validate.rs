@@ -201,6 +201,7 @@ impl Validator {
             cpu_limit: self.duration(&raw.cpu_limit, Duration::from_millis(50)),
             max_output_bytes: self.count(&raw.max_output_bytes, 1 << 20),
             max_instance_uses: self.count(&raw.max_instance_uses, 100_000) as u64,
+            max_body_bytes: self.count(&raw.max_body_bytes, 1 << 20),
             location,
         })
     }

@@ -32,6 +32,22 @@ pub struct PluginLimits {
     pub cpu: Duration,
     pub max_output_bytes: usize,
     pub max_instance_uses: u64,
+    /// The largest body buffered for the plugin's body phases, and the
+    /// largest body it may replace one with.
+    pub max_body_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    /// The defaults of a `[[plugins]]` entry that sets no limits.
+    fn default() -> Self {
+        PluginLimits {
+            memory_bytes: 32 << 20,
+            cpu: Duration::from_millis(50),
+            max_output_bytes: 1 << 20,
+            max_instance_uses: 100_000,
+            max_body_bytes: 1 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +145,24 @@ pub struct PluginResponse {
     pub context: Context,
 }
 
+/// The body phases a plugin asked for in `configure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyPhases {
+    pub request: bool,
+    pub response: bool,
+}
+
+/// What a plugin decided in one phase.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on.
+    Continue,
+    /// Go on with this body instead (body phases only).
+    Replace(Bytes),
+    /// Answer with this response.
+    Respond(PluginReply),
+}
+
 /// A response a plugin produced itself.
 #[derive(Debug)]
 pub struct PluginReply {
@@ -184,50 +218,105 @@ impl Chain<'_> {
         self.parts.iter().flat_map(|p| p.iter())
     }
 
-    pub async fn on_request(
-        &self,
-        mut req: PluginRequest,
-        request_id: &str,
-    ) -> (PluginRequest, Outcome) {
-        for link in self.links() {
-            let (back, result) = link.pool.on_request(req, request_id).await;
-            req = back;
-            match self.settle(link, result, request_id, "request") {
-                Some(outcome) => return (req, outcome),
-                None => continue,
-            }
-        }
-        (req, Outcome::Continue)
+    /// The request-body buffer limit if any plugin of the chain wants the
+    /// request body: the smallest `max_body_bytes` among those that do.
+    pub fn request_body_limit(&self) -> Option<usize> {
+        self.body_limit(|p| p.request)
     }
 
+    /// Like [`request_body_limit`](Self::request_body_limit), for responses.
+    pub fn response_body_limit(&self) -> Option<usize> {
+        self.body_limit(|p| p.response)
+    }
+
+    fn body_limit(&self, wants: impl Fn(BodyPhases) -> bool) -> Option<usize> {
+        self.links()
+            .filter(|l| wants(l.pool.body_phases))
+            .map(|l| l.pool.meta.limits.max_body_bytes)
+            .min()
+    }
+
+    /// The request-headers phase of every plugin.
+    pub async fn on_request(
+        &self,
+        req: PluginRequest,
+        request_id: &str,
+    ) -> (PluginRequest, Outcome) {
+        let (req, _, outcome) = self.run(req, None, request_id).await;
+        (req, outcome)
+    }
+
+    /// The response-headers phase of every plugin.
     pub async fn on_response(
         &self,
-        mut resp: PluginResponse,
+        resp: PluginResponse,
         request_id: &str,
     ) -> (PluginResponse, Outcome) {
+        let (resp, _, outcome) = self.run(resp, None, request_id).await;
+        (resp, outcome)
+    }
+
+    /// The request-body phase of the plugins that asked for it; returns the
+    /// body as they left it.
+    pub async fn on_request_body(
+        &self,
+        req: PluginRequest,
+        body: Bytes,
+        request_id: &str,
+    ) -> (PluginRequest, Bytes, Outcome) {
+        let (req, body, outcome) = self.run(req, Some(body), request_id).await;
+        (req, body.unwrap_or_default(), outcome)
+    }
+
+    /// The response-body phase of the plugins that asked for it.
+    pub async fn on_response_body(
+        &self,
+        resp: PluginResponse,
+        body: Bytes,
+        request_id: &str,
+    ) -> (PluginResponse, Bytes, Outcome) {
+        let (resp, body, outcome) = self.run(resp, Some(body), request_id).await;
+        (resp, body.unwrap_or_default(), outcome)
+    }
+
+    /// One phase through the chain: a head phase when `body` is `None`,
+    /// else the body phase (only plugins that asked for it).
+    async fn run<H: ChainHead>(
+        &self,
+        mut head: H,
+        mut body: Option<Bytes>,
+        request_id: &str,
+    ) -> (H, Option<Bytes>, Outcome) {
+        let phase = H::phase(body.is_some());
         for link in self.links() {
-            let (back, result) = link.pool.on_response(resp, request_id).await;
-            resp = back;
-            match self.settle(link, result, request_id, "response") {
-                Some(outcome) => return (resp, outcome),
-                None => continue,
+            if body.is_some() && !H::wants_body(link.pool.body_phases) {
+                continue;
+            }
+            let (back, result) = H::call(&link.pool, head, request_id, body.as_deref()).await;
+            head = back;
+            if let Ok(Verdict::Replace(new)) = result {
+                body = Some(new);
+                continue;
+            }
+            if let Some(outcome) = self.settle(link, result, request_id, phase) {
+                return (head, body, outcome);
             }
         }
-        (resp, Outcome::Continue)
+        (head, body, Outcome::Continue)
     }
 
     /// Applies the failure policy; `None` means go on to the next plugin.
     fn settle(
         &self,
         link: &ChainLink,
-        result: Result<Option<PluginReply>, PluginError>,
+        result: Result<Verdict, PluginError>,
         request_id: &str,
         phase: &str,
     ) -> Option<Outcome> {
         let meta = &link.pool.meta;
         match result {
-            Ok(None) => None,
-            Ok(Some(reply)) => Some(Outcome::Respond(reply)),
+            Ok(Verdict::Continue | Verdict::Replace(_)) => None,
+            Ok(Verdict::Respond(reply)) => Some(Outcome::Respond(reply)),
             Err(error) => {
                 meta.metrics.error(&meta.name, error.kind());
                 match link.failure {
@@ -246,5 +335,60 @@ impl Chain<'_> {
                 }
             }
         }
+    }
+}
+
+/// A head that goes through the chain: the request's or the response's.
+trait ChainHead: Sized + Send {
+    /// The phase's name in log lines.
+    fn phase(body: bool) -> &'static str;
+    fn wants_body(phases: BodyPhases) -> bool;
+    fn call<'a>(
+        pool: &'a InstancePool,
+        head: Self,
+        request_id: &'a str,
+        body: Option<&'a [u8]>,
+    ) -> impl Future<Output = (Self, Result<Verdict, PluginError>)> + Send + 'a;
+}
+
+impl ChainHead for PluginRequest {
+    fn phase(body: bool) -> &'static str {
+        if body {
+            "request-body"
+        } else {
+            "request"
+        }
+    }
+    fn wants_body(phases: BodyPhases) -> bool {
+        phases.request
+    }
+    fn call<'a>(
+        pool: &'a InstancePool,
+        head: Self,
+        request_id: &'a str,
+        body: Option<&'a [u8]>,
+    ) -> impl Future<Output = (Self, Result<Verdict, PluginError>)> + Send + 'a {
+        pool.on_request(head, request_id, body)
+    }
+}
+
+impl ChainHead for PluginResponse {
+    fn phase(body: bool) -> &'static str {
+        if body {
+            "response-body"
+        } else {
+            "response"
+        }
+    }
+    fn wants_body(phases: BodyPhases) -> bool {
+        phases.response
+    }
+    fn call<'a>(
+        pool: &'a InstancePool,
+        head: Self,
+        request_id: &'a str,
+        body: Option<&'a [u8]>,
+    ) -> impl Future<Output = (Self, Result<Verdict, PluginError>)> + Send + 'a {
+        pool.on_response(head, request_id, body)
     }
 }

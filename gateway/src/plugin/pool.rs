@@ -7,18 +7,22 @@ use super::bindings::{wasmgate::plugin::types, Filter, FilterPre};
 use super::engine::{PluginEngine, EPOCH_TICK};
 use super::state::{PluginState, RequestRes, ResponseRes};
 use super::{
-    Isolation, Outbound, PluginError, PluginMeta, PluginReply, PluginRequest, PluginResponse,
+    BodyPhases, Isolation, Outbound, PluginError, PluginMeta, PluginReply, PluginRequest,
+    PluginResponse, Verdict,
 };
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use wasmtime::component::Resource;
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
 struct Instance {
     store: Store<PluginState>,
     filter: Filter,
     uses: u64,
+    /// What this instance's `configure` asked for.
+    phases: BodyPhases,
 }
 
 pub struct InstancePool {
@@ -29,6 +33,9 @@ pub struct InstancePool {
     outbound: Arc<dyn Outbound>,
     isolation: Isolation,
     idle: Mutex<Vec<Instance>>,
+    /// The body phases the plugin asked for with this config (from the
+    /// first instance; every instance with the same config must agree).
+    pub body_phases: BodyPhases,
 }
 
 /// Idle instances kept per pool; more are created under load and dropped
@@ -46,7 +53,7 @@ impl InstancePool {
         outbound: Arc<dyn Outbound>,
         isolation: Isolation,
     ) -> Result<Arc<InstancePool>, PluginError> {
-        let pool = InstancePool {
+        let mut pool = InstancePool {
             pre,
             engine,
             meta,
@@ -54,8 +61,10 @@ impl InstancePool {
             outbound,
             isolation,
             idle: Mutex::new(Vec::new()),
+            body_phases: BodyPhases::default(),
         };
         let first = pool.instantiate().await?;
+        pool.body_phases = first.phases;
         pool.checkin(first);
         Ok(Arc::new(pool))
     }
@@ -91,12 +100,16 @@ impl InstancePool {
             .call_configure(&mut store, &self.config)
             .await
             .map_err(|e| classify(&e, &store))?;
-        configured.map_err(PluginError::Rejected)?;
+        let phases = configured.map_err(PluginError::Rejected)?;
         self.meta.metrics.instances(&self.meta.name, 1);
         Ok(Instance {
             store,
             filter,
             uses: 0,
+            phases: BodyPhases {
+                request: phases.contains(types::BodyPhases::REQUEST_BODY),
+                response: phases.contains(types::BodyPhases::RESPONSE_BODY),
+            },
         })
     }
 
@@ -130,61 +143,69 @@ impl InstancePool {
         self.meta.metrics.instances(&self.meta.name, -1);
     }
 
-    /// Runs the request-headers phase. The request always comes back, so a
-    /// fail-open policy can carry on with it.
+    /// Runs the request-headers phase, or with `body` the request-body
+    /// phase. The request always comes back, so a fail-open policy can
+    /// carry on with it.
     pub async fn on_request(
         &self,
         req: PluginRequest,
         request_id: &str,
-    ) -> (PluginRequest, Result<Option<PluginReply>, PluginError>) {
+        body: Option<&[u8]>,
+    ) -> (PluginRequest, Result<Verdict, PluginError>) {
         let mut inst = match self.checkout().await {
             Ok(i) => i,
             Err(e) => return (req, Err(e)),
         };
         let started = Instant::now();
         prepare_call(&mut inst, request_id, self.meta.limits.cpu);
-        let res = match inst.store.data_mut().table.push(RequestRes(req)) {
-            Ok(r) => r,
-            Err(e) => unreachable_table(e),
-        };
-        let rep = res.rep();
+        let rep = lend(&mut inst, RequestRes(req));
         // Lent to the guest as a borrow: passing the owning handle would
         // leave one store handle behind per call.
-        let lent = wasmtime::component::Resource::<RequestRes>::new_borrow(rep);
-        let outcome = inst.filter.call_on_request(&mut inst.store, lent).await;
-        let owned = wasmtime::component::Resource::<RequestRes>::new_own(rep);
-        let req = match inst.store.data_mut().table.delete(owned) {
-            Ok(r) => r.0,
-            Err(e) => unreachable_table(e),
+        let lent = Resource::new_borrow(rep);
+        let outcome = match body {
+            None => inst
+                .filter
+                .call_on_request(&mut inst.store, lent)
+                .await
+                .map(Raw::from),
+            Some(b) => (inst.filter)
+                .call_on_request_body(&mut inst.store, lent, b)
+                .await
+                .map(Raw::from),
         };
+        let req = reclaim::<RequestRes>(&mut inst, rep).0;
         let result = self.finish(inst, outcome, started);
         (req, result)
     }
 
-    /// Runs the response-headers phase.
+    /// Runs the response-headers phase, or with `body` the response-body
+    /// phase.
     pub async fn on_response(
         &self,
         resp: PluginResponse,
         request_id: &str,
-    ) -> (PluginResponse, Result<Option<PluginReply>, PluginError>) {
+        body: Option<&[u8]>,
+    ) -> (PluginResponse, Result<Verdict, PluginError>) {
         let mut inst = match self.checkout().await {
             Ok(i) => i,
             Err(e) => return (resp, Err(e)),
         };
         let started = Instant::now();
         prepare_call(&mut inst, request_id, self.meta.limits.cpu);
-        let res = match inst.store.data_mut().table.push(ResponseRes(resp)) {
-            Ok(r) => r,
-            Err(e) => unreachable_table(e),
+        let rep = lend(&mut inst, ResponseRes(resp));
+        let lent = Resource::new_borrow(rep);
+        let outcome = match body {
+            None => inst
+                .filter
+                .call_on_response(&mut inst.store, lent)
+                .await
+                .map(Raw::from),
+            Some(b) => (inst.filter)
+                .call_on_response_body(&mut inst.store, lent, b)
+                .await
+                .map(Raw::from),
         };
-        let rep = res.rep();
-        let lent = wasmtime::component::Resource::<ResponseRes>::new_borrow(rep);
-        let outcome = inst.filter.call_on_response(&mut inst.store, lent).await;
-        let owned = wasmtime::component::Resource::<ResponseRes>::new_own(rep);
-        let resp = match inst.store.data_mut().table.delete(owned) {
-            Ok(r) => r.0,
-            Err(e) => unreachable_table(e),
-        };
+        let resp = reclaim::<ResponseRes>(&mut inst, rep).0;
         let result = self.finish(inst, outcome, started);
         (resp, result)
     }
@@ -192,21 +213,73 @@ impl InstancePool {
     fn finish(
         &self,
         inst: Instance,
-        outcome: wasmtime::Result<types::Action>,
+        outcome: wasmtime::Result<Raw>,
         started: Instant,
-    ) -> Result<Option<PluginReply>, PluginError> {
+    ) -> Result<Verdict, PluginError> {
         self.meta.metrics.call(&self.meta.name, started.elapsed());
+        let limits = &self.meta.limits;
         let result = match outcome {
             Err(e) => Err(classify(&e, &inst.store)),
             Ok(_) if inst.store.data().output_exceeded => Err(PluginError::OutputTooLarge),
-            Ok(types::Action::Continue) => Ok(None),
-            Ok(types::Action::Respond(r)) => reply(r, self.meta.limits.max_output_bytes).map(Some),
+            Ok(Raw::Continue) => Ok(Verdict::Continue),
+            Ok(Raw::Replace(b)) if b.len() > limits.max_body_bytes => {
+                Err(PluginError::OutputTooLarge)
+            }
+            Ok(Raw::Replace(b)) => Ok(Verdict::Replace(Bytes::from(b))),
+            Ok(Raw::Respond(r)) => reply(r, limits.max_output_bytes).map(Verdict::Respond),
         };
         match &result {
             Ok(_) | Err(PluginError::Rejected(_)) => self.checkin(inst),
             Err(_) => self.discard(inst),
         }
         result
+    }
+}
+
+/// A phase's result as the guest returned it, before validation.
+enum Raw {
+    Continue,
+    Replace(Vec<u8>),
+    Respond(types::Response),
+}
+
+impl From<types::Action> for Raw {
+    fn from(a: types::Action) -> Raw {
+        match a {
+            types::Action::Continue => Raw::Continue,
+            types::Action::Respond(r) => Raw::Respond(r),
+        }
+    }
+}
+
+impl From<types::BodyAction> for Raw {
+    fn from(a: types::BodyAction) -> Raw {
+        match a {
+            types::BodyAction::Continue => Raw::Continue,
+            types::BodyAction::Replace(b) => Raw::Replace(b),
+            types::BodyAction::Respond(r) => Raw::Respond(r),
+        }
+    }
+}
+
+/// Puts a head into the store's resource table for the guest to borrow.
+fn lend<T: Send + 'static>(inst: &mut Instance, head: T) -> u32 {
+    match inst.store.data_mut().table.push(head) {
+        Ok(r) => r.rep(),
+        Err(e) => unreachable_table(e),
+    }
+}
+
+/// Takes a lent head back out of the resource table.
+fn reclaim<T: 'static>(inst: &mut Instance, rep: u32) -> T {
+    match inst
+        .store
+        .data_mut()
+        .table
+        .delete(Resource::<T>::new_own(rep))
+    {
+        Ok(head) => head,
+        Err(e) => unreachable_table(e),
     }
 }
 

@@ -15,9 +15,10 @@
 
 use super::kv::{Kv, MemoryKv};
 use super::{
-    InstancePool, Isolation, Outbound, OutboundResponse, PluginEngine, PluginError, PluginLimits,
-    PluginMeta, PluginMetrics, PluginReply, PluginRequest, PluginResponse,
+    BodyPhases, InstancePool, Isolation, Outbound, OutboundResponse, PluginEngine, PluginError,
+    PluginLimits, PluginMeta, PluginMetrics, PluginReply, PluginRequest, PluginResponse, Verdict,
 };
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use std::future::Future;
 use std::path::Path;
@@ -73,18 +74,30 @@ impl TestRequest {
     }
 }
 
-/// What a plugin did with a request head.
+/// What a plugin did with a request.
 pub struct RequestRun {
     /// The request as the plugin left it (headers, path, context, upstream).
     pub request: PluginRequest,
     /// The response it answered with, if it short-circuited.
     pub reply: Option<PluginReply>,
+    /// The body it replaced the request body with (body phase only).
+    pub body: Option<Bytes>,
 }
 
-/// What a plugin did with a response head.
+/// What a plugin did with a response.
 pub struct ResponseRun {
     pub response: PluginResponse,
     pub reply: Option<PluginReply>,
+    /// The body it replaced the response body with (body phase only).
+    pub body: Option<Bytes>,
+}
+
+fn split(verdict: Verdict) -> (Option<PluginReply>, Option<Bytes>) {
+    match verdict {
+        Verdict::Continue => (None, None),
+        Verdict::Replace(b) => (None, Some(b)),
+        Verdict::Respond(r) => (Some(r), None),
+    }
 }
 
 /// Counts what the plugin reported, for assertions.
@@ -140,6 +153,30 @@ fn engine() -> Result<Arc<PluginEngine>, String> {
         .clone()
 }
 
+fn test_response(
+    status: u16,
+    headers: &[(&str, &str)],
+    context: &[(&str, &str)],
+) -> PluginResponse {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.append(n, v);
+        }
+    }
+    PluginResponse {
+        status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        headers: h,
+        context: context
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
 /// A loaded, configured plugin.
 pub struct TestPlugin {
     pool: Arc<InstancePool>,
@@ -150,13 +187,7 @@ pub struct TestPlugin {
 impl TestPlugin {
     /// Loads with the gateway's default limits.
     pub async fn load(path: impl AsRef<Path>, config_json: &str) -> Result<TestPlugin, String> {
-        let limits = PluginLimits {
-            memory_bytes: 32 << 20,
-            cpu: Duration::from_millis(50),
-            max_output_bytes: 1 << 20,
-            max_instance_uses: 100_000,
-        };
-        TestPlugin::load_with(path, config_json, limits, Isolation::Reuse).await
+        TestPlugin::load_with(path, config_json, PluginLimits::default(), Isolation::Reuse).await
     }
 
     pub async fn load_with(
@@ -196,8 +227,31 @@ impl TestPlugin {
 
     /// Like [`on_request`](Self::on_request), returning a failure instead of panicking.
     pub async fn try_on_request(&self, req: TestRequest) -> Result<RequestRun, PluginError> {
-        let (request, result) = self.pool.on_request(req.0, "test").await;
-        result.map(|reply| RequestRun { request, reply })
+        self.request_phase(req, None).await
+    }
+
+    /// The request-body phase with this body (whether or not the plugin
+    /// declared it: see [`body_phases`](Self::body_phases)).
+    pub async fn on_request_body(
+        &self,
+        req: TestRequest,
+        body: &[u8],
+    ) -> Result<RequestRun, PluginError> {
+        self.request_phase(req, Some(body)).await
+    }
+
+    async fn request_phase(
+        &self,
+        req: TestRequest,
+        body: Option<&[u8]>,
+    ) -> Result<RequestRun, PluginError> {
+        let (request, result) = self.pool.on_request(req.0, "test", body).await;
+        let (reply, body) = split(result?);
+        Ok(RequestRun {
+            request,
+            reply,
+            body,
+        })
     }
 
     pub async fn on_response(
@@ -206,25 +260,38 @@ impl TestPlugin {
         headers: &[(&str, &str)],
         context: &[(&str, &str)],
     ) -> Result<ResponseRun, PluginError> {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                h.append(n, v);
-            }
-        }
-        let resp = PluginResponse {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-            headers: h,
-            context: context
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        let (response, result) = self.pool.on_response(resp, "test").await;
-        result.map(|reply| ResponseRun { response, reply })
+        self.response_phase(test_response(status, headers, context), None)
+            .await
+    }
+
+    /// The response-body phase with this status, headers and body.
+    pub async fn on_response_body(
+        &self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<ResponseRun, PluginError> {
+        self.response_phase(test_response(status, headers, &[]), Some(body))
+            .await
+    }
+
+    async fn response_phase(
+        &self,
+        resp: PluginResponse,
+        body: Option<&[u8]>,
+    ) -> Result<ResponseRun, PluginError> {
+        let (response, result) = self.pool.on_response(resp, "test", body).await;
+        let (reply, body) = split(result?);
+        Ok(ResponseRun {
+            response,
+            reply,
+            body,
+        })
+    }
+
+    /// The body phases the plugin declared in `configure`.
+    pub fn body_phases(&self) -> BodyPhases {
+        self.pool.body_phases
     }
 
     /// The plugin's key-value store.

@@ -32,6 +32,10 @@ pub enum ProxyError {
         kind: &'static str,
         status: StatusCode,
     },
+    #[error("response body larger than the plugins' buffer of {limit} bytes")]
+    ResponseBodyTooLarge { limit: usize },
+    #[error("response body could not be read: {0}")]
+    ResponseBody(String),
     #[error("upstream `{upstream}` ({endpoint}) failed: {reason}")]
     UpstreamProtocol {
         upstream: String,
@@ -59,9 +63,10 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamProtocol { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::ResponseBodyTooLarge { .. }
+            | ProxyError::ResponseBody(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }

@@ -299,8 +299,9 @@ async fn proxy(
         },
     };
 
-    // Phase 3: request plugins.
+    // Phase 3: request plugins (heads, then the body if one asked for it).
     let chain = snap.chain(&conn.listener, matched.index);
+    let mut body = RequestBody::Streaming(incoming);
     if !chain.is_empty() {
         let preq = PluginRequest {
             method: parts.method.clone(),
@@ -318,7 +319,27 @@ async fn proxy(
         // Boxed: plugin call futures are large, and requests on routes
         // without plugins should not carry their size.
         let request_id = access.request_id.to_str().unwrap_or("-");
-        let (preq, outcome) = Box::pin(chain.on_request(preq, request_id)).await;
+        let (mut preq, mut outcome) = Box::pin(chain.on_request(preq, request_id)).await;
+        let limit = chain.request_body_limit();
+        if let (Outcome::Continue, Some(limit), false) = (&outcome, limit, upgrade) {
+            body = match body {
+                RequestBody::Streaming(incoming) => {
+                    let read = read_request_body(incoming, limit, limits, &access.bytes_in).await;
+                    let data = match read {
+                        Ok(data) => data,
+                        Err(e) => {
+                            access.context = preq.context;
+                            return Err(e);
+                        }
+                    };
+                    let (back, new, o) =
+                        Box::pin(chain.on_request_body(preq, data, request_id)).await;
+                    (preq, outcome) = (back, o);
+                    RequestBody::Buffered(new)
+                }
+                buffered => buffered,
+            };
+        }
         parts.headers = preq.headers;
         access.context = preq.context;
         match outcome {
@@ -350,21 +371,38 @@ async fn proxy(
                 authority: &authority,
                 request_headers: &route.request_headers,
             };
-            forward(forwarding, parts, incoming, access).await?
+            forward(forwarding, parts, body, access).await?
         }
     };
     route.response_headers.apply(resp.headers_mut());
 
-    // Phase 7: response plugins.
+    // Phase 7: response plugins (heads, then the body if one asked for it).
     if !chain.is_empty() {
-        let (mut head, body) = resp.into_parts();
+        let (mut head, mut body) = resp.into_parts();
         let presp = PluginResponse {
             status: head.status,
             headers: std::mem::take(&mut head.headers),
             context: std::mem::take(&mut access.context),
         };
         let request_id = access.request_id.to_str().unwrap_or("-");
-        let (presp, outcome) = Box::pin(chain.on_response(presp, request_id)).await;
+        let (mut presp, mut outcome) = Box::pin(chain.on_response(presp, request_id)).await;
+        let limit = chain.response_body_limit();
+        if let (Outcome::Continue, Some(limit)) = (&outcome, limit) {
+            if response_has_body(&access.method, presp.status) {
+                let (data, trailers) = match read_response_body(body, limit).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        access.context = presp.context;
+                        return Err(e);
+                    }
+                };
+                let (back, new, o) =
+                    Box::pin(chain.on_response_body(presp, data, request_id)).await;
+                (presp, outcome) = (back, o);
+                set_content_length(&mut presp.headers, new.len());
+                body = buffered_body(new, trailers);
+            }
+        }
         head.status = presp.status;
         head.headers = presp.headers;
         access.context = presp.context;
@@ -375,6 +413,80 @@ async fn proxy(
         }
     }
     Ok(resp)
+}
+
+/// The request body on its way upstream: streamed from the client, or
+/// buffered for the plugins' body phase.
+enum RequestBody {
+    Streaming(Incoming),
+    Buffered(Bytes),
+}
+
+/// Buffers the request body for the plugins, up to the smaller of their
+/// limit and the listener's (413 beyond it, 408 if it stalls).
+async fn read_request_body(
+    incoming: Incoming,
+    plugin_limit: usize,
+    limits: &Limits,
+    seen: &Arc<AtomicU64>,
+) -> Result<Bytes, ProxyError> {
+    let limit = limits.max_body_bytes.min(plugin_limit as u64);
+    let body = LimitedBody::new(incoming, limit, limits.body_read_timeout, seen.clone());
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(match find_body_error(&*e) {
+            Some(BodyError::TooLarge(limit)) => ProxyError::BodyTooLarge { limit: *limit },
+            Some(BodyError::Stalled) => ProxyError::BodyTimeout,
+            None => ProxyError::BadRequest("request body could not be read"),
+        }),
+    }
+}
+
+/// Whether a response to this request can carry a body (RFC 9110 §6.4.1).
+fn response_has_body(method: &http::Method, status: StatusCode) -> bool {
+    method != http::Method::HEAD
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+}
+
+/// Buffers the response body for the plugins, keeping its trailers; 502
+/// beyond `limit`.
+async fn read_response_body(
+    body: Body,
+    limit: usize,
+) -> Result<(Bytes, Option<http::HeaderMap>), ProxyError> {
+    let mut body = body;
+    let mut data = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::ResponseBody(error_chain(&*e)))?;
+        match frame.into_data() {
+            Ok(chunk) if data.len() + chunk.len() > limit => {
+                return Err(ProxyError::ResponseBodyTooLarge { limit });
+            }
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok((data.freeze(), trailers))
+}
+
+/// A buffered body with its trailers, if it had any.
+fn buffered_body(data: Bytes, trailers: Option<http::HeaderMap>) -> Body {
+    let full = Full::new(data).map_err(|never| match never {});
+    match trailers {
+        None => full.boxed_unsync(),
+        Some(t) => full
+            .with_trailers(std::future::ready(Some(Ok(t))))
+            .boxed_unsync(),
+    }
+}
+
+/// Frames a buffered body by length (`Transfer-Encoding` is hop-by-hop and
+/// already gone).
+fn set_content_length(headers: &mut http::HeaderMap, len: usize) {
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
 /// Where a request goes, after the route and the plugins had their say.
@@ -399,7 +511,7 @@ struct Forwarding<'a> {
 async fn forward(
     f: Forwarding<'_>,
     parts: http::request::Parts,
-    incoming: Incoming,
+    body: RequestBody,
     access: &mut Access,
 ) -> Result<Response<Body>, ProxyError> {
     let Forwarding {
@@ -434,6 +546,8 @@ async fn forward(
         .headers_mut()
         .ok_or(ProxyError::BadRequest("invalid request"))?;
     *headers = parts.headers;
+    let had_body = headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING);
     headers::strip_hop_by_hop(headers, upgrade);
     headers::add_forwarding(
         headers,
@@ -450,18 +564,23 @@ async fn forward(
     }
     headers.insert(&X_REQUEST_ID, access.request_id.clone());
     request_headers.apply(headers);
-    let body: Body = if upgrade {
-        Empty::<Bytes>::new()
+    let body: Body = match body {
+        _ if upgrade => Empty::<Bytes>::new()
             .map_err(|never| match never {})
-            .boxed_unsync()
-    } else {
-        LimitedBody::new(
+            .boxed_unsync(),
+        RequestBody::Streaming(incoming) => LimitedBody::new(
             incoming,
             limits.max_body_bytes,
             limits.body_read_timeout,
             access.bytes_in.clone(),
         )
-        .boxed_unsync()
+        .boxed_unsync(),
+        RequestBody::Buffered(data) => {
+            if !data.is_empty() || had_body {
+                set_content_length(headers, data.len());
+            }
+            buffered_body(data, None)
+        }
     };
     let out = out
         .body(body)

@@ -188,6 +188,7 @@ fn limits(p: &PluginConfig) -> PluginLimits {
         cpu: p.cpu_limit,
         max_output_bytes: p.max_output_bytes,
         max_instance_uses: p.max_instance_uses,
+        max_body_bytes: p.max_body_bytes,
     }
 }
 

@@ -75,7 +75,9 @@ pub mod bindings {
 }
 
 pub use bindings::wasmgate::plugin::host::{HttpResponse, LogLevel};
-pub use bindings::wasmgate::plugin::types::{Action, Header, Request, Response, ResponseHead};
+pub use bindings::wasmgate::plugin::types::{
+    Action, BodyAction, BodyPhases, Header, Request, Response, ResponseHead,
+};
 
 /// The WIT `response` record under an unambiguous name ([`Response`] is the
 /// same type).
@@ -91,8 +93,8 @@ pub use serde_json;
 /// The usual imports for a plugin: `use wasmgate_plugin::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        export_plugin, header, http, kv, log, metrics, Action, LogErr, NoConfig, Plugin, Request,
-        Response, ResponseHead,
+        export_plugin, header, http, kv, log, metrics, Action, BodyAction, BodyPhases, LogErr,
+        NoConfig, Plugin, Request, Response, ResponseHead,
     };
 }
 
@@ -176,6 +178,34 @@ pub trait Plugin: Sized + 'static {
         let _ = resp;
         Action::Continue
     }
+
+    /// The body phases this plugin wants, asked once right after
+    /// [`Plugin::new`]. The default is none: the gateway then never buffers
+    /// a body for this plugin. Return
+    /// `BodyPhases::REQUEST_BODY | BodyPhases::RESPONSE_BODY` (or one of
+    /// them) to get [`Plugin::on_request_body`] / [`Plugin::on_response_body`]
+    /// called with whole bodies, buffered up to the plugin's
+    /// `max_body_bytes`.
+    fn body_phases(&self) -> BodyPhases {
+        BodyPhases::empty()
+    }
+
+    /// The request-body phase (if declared in [`Plugin::body_phases`]):
+    /// the whole request body, after every plugin's `on_request`. Return
+    /// [`BodyAction::Replace`] to send another body upstream. The default
+    /// continues.
+    fn on_request_body(&mut self, req: &Request, body: Vec<u8>) -> BodyAction {
+        let _ = (req, body);
+        BodyAction::Continue
+    }
+
+    /// The response-body phase (if declared in [`Plugin::body_phases`]):
+    /// the whole response body, after every plugin's `on_response`. The
+    /// default continues.
+    fn on_response_body(&mut self, resp: &ResponseHead, body: Vec<u8>) -> BodyAction {
+        let _ = (resp, body);
+        BodyAction::Continue
+    }
 }
 
 /// Parses a plugin config from JSON text. Empty (or blank) text counts as
@@ -203,7 +233,7 @@ macro_rules! export_plugin {
             impl $crate::bindings::Guest for __WasmgatePluginExport {
                 fn configure(
                     config: ::std::string::String,
-                ) -> ::core::result::Result<(), ::std::string::String> {
+                ) -> ::core::result::Result<$crate::BodyPhases, ::std::string::String> {
                     $crate::__private::configure::<$plugin>(&__WASMGATE_PLUGIN, config)
                 }
 
@@ -214,6 +244,20 @@ macro_rules! export_plugin {
                 fn on_response(resp: &$crate::ResponseHead) -> $crate::Action {
                     $crate::__private::on_response::<$plugin>(&__WASMGATE_PLUGIN, resp)
                 }
+
+                fn on_request_body(
+                    req: &$crate::Request,
+                    body: ::std::vec::Vec<u8>,
+                ) -> $crate::BodyAction {
+                    $crate::__private::on_request_body::<$plugin>(&__WASMGATE_PLUGIN, req, body)
+                }
+
+                fn on_response_body(
+                    resp: &$crate::ResponseHead,
+                    body: ::std::vec::Vec<u8>,
+                ) -> $crate::BodyAction {
+                    $crate::__private::on_response_body::<$plugin>(&__WASMGATE_PLUGIN, resp, body)
+                }
             }
 
     $crate::bindings::export!(__WasmgatePluginExport with_types_in $crate::bindings);
@@ -223,7 +267,7 @@ macro_rules! export_plugin {
 
 #[doc(hidden)]
 pub mod __private {
-    use super::{Action, Plugin, Request, ResponseHead};
+    use super::{Action, BodyAction, BodyPhases, Plugin, Request, ResponseHead};
     use std::cell::RefCell;
     use std::thread::LocalKey;
 
@@ -242,14 +286,15 @@ pub mod __private {
     pub fn configure<P: Plugin>(
         slot: &'static LocalKey<Slot<P>>,
         config: String,
-    ) -> Result<(), String> {
+    ) -> Result<BodyPhases, String> {
         install_panic_hook();
         // Drop a previous value first, so a failed re-configure cannot leave
         // the old one serving requests.
         slot.with(|s| s.0.borrow_mut().take());
         let plugin = P::from_config_text(&config)?;
+        let phases = plugin.body_phases();
         slot.with(|s| *s.0.borrow_mut() = Some(plugin));
-        Ok(())
+        Ok(phases)
     }
 
     pub fn on_request<P: Plugin>(slot: &'static LocalKey<Slot<P>>, req: &Request) -> Action {
@@ -263,6 +308,28 @@ pub mod __private {
         slot.with(|s| match s.0.borrow_mut().as_mut() {
             Some(plugin) => plugin.on_response(resp),
             None => not_configured("on-response"),
+        })
+    }
+
+    pub fn on_request_body<P: Plugin>(
+        slot: &'static LocalKey<Slot<P>>,
+        req: &Request,
+        body: Vec<u8>,
+    ) -> BodyAction {
+        slot.with(|s| match s.0.borrow_mut().as_mut() {
+            Some(plugin) => plugin.on_request_body(req, body),
+            None => not_configured("on-request-body"),
+        })
+    }
+
+    pub fn on_response_body<P: Plugin>(
+        slot: &'static LocalKey<Slot<P>>,
+        resp: &ResponseHead,
+        body: Vec<u8>,
+    ) -> BodyAction {
+        slot.with(|s| match s.0.borrow_mut().as_mut() {
+            Some(plugin) => plugin.on_response_body(resp, body),
+            None => not_configured("on-response-body"),
         })
     }
 
@@ -450,6 +517,12 @@ impl Action {
     /// Whether this is [`Action::Continue`].
     pub fn is_continue(&self) -> bool {
         matches!(self, Action::Continue)
+    }
+}
+
+impl From<Response> for BodyAction {
+    fn from(response: Response) -> Self {
+        BodyAction::Respond(response)
     }
 }
 
