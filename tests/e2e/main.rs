@@ -13,6 +13,7 @@ mod harness_selftest;
 mod headers;
 mod limits;
 mod malformed;
+mod plugin_bodies;
 mod plugin_config;
 mod plugin_failures;
 mod plugin_harness;

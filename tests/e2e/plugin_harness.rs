@@ -2,6 +2,7 @@
 //! a plugin loaded, configured and run without a gateway.
 
 use anyhow::Result;
+use http::Method;
 use std::time::Duration;
 use wasmgate::plugin::testing::{TestPlugin, TestRequest};
 use wasmgate::plugin::{Isolation, PluginLimits};
@@ -20,6 +21,40 @@ async fn harness_runs_both_phases_and_reports_the_plugins_effects() -> Result<()
     assert_eq!(run.request.context["greeting"], "hi");
     let resp = hello.on_response(200, &[], &[]).await?;
     assert_eq!(resp.response.headers["x-hello-plugin"], "hi");
+    Ok(())
+}
+
+#[tokio::test]
+async fn harness_runs_body_phases() -> Result<()> {
+    let config = r#"{"request":[{"from":"a","to":"b"}],"deny_request_containing":"evil"}"#;
+    let rewrite = TestPlugin::load(plugins::path("body_rewrite"), config)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    // Only the request body was asked for, as the config has no response rules.
+    let phases = rewrite.body_phases();
+    assert!(phases.request && !phases.response, "{phases:?}");
+    let run = rewrite
+        .on_request_body(TestRequest::new(Method::POST, "/"), b"banana")
+        .await?;
+    assert!(run.reply.is_none());
+    assert_eq!(run.body.as_deref(), Some(&b"bbnbnb"[..]));
+    let run = rewrite
+        .on_request_body(TestRequest::new(Method::POST, "/"), b"evil")
+        .await?;
+    assert_eq!(run.reply.map(|r| r.status.as_u16()), Some(400));
+    // Unchanged bodies come back as `None`: nothing to replace.
+    let run = rewrite
+        .on_request_body(TestRequest::new(Method::POST, "/"), b"xyz")
+        .await?;
+    assert!(run.body.is_none() && run.reply.is_none());
+
+    let config = r#"{"response":[{"from":"x","to":"y"}]}"#;
+    let rewrite = TestPlugin::load(plugins::path("body_rewrite"), config)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let run = rewrite.on_response_body(200, &[], b"xx").await?;
+    assert_eq!(run.body.as_deref(), Some(&b"yy"[..]));
+    assert_eq!(run.response.headers["x-body-rewrites"], "2");
     Ok(())
 }
 

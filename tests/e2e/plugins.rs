@@ -11,7 +11,7 @@ use std::time::Duration;
 use wasmgate_e2e::client::{self, Http1, Resp};
 use wasmgate_e2e::{plugins, upstream, Gateway};
 
-const T: Duration = Duration::from_secs(5);
+pub const T: Duration = Duration::from_secs(5);
 
 /// Admin, one listener `main`, upstream `backend` at `echo`, then
 /// `rest` (plugin declarations, more upstreams, routes).

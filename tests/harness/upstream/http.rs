@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-type RespBody = BoxBody<Bytes, BoxError>;
-type Handler = Arc<
+pub(super) type RespBody = BoxBody<Bytes, BoxError>;
+pub(super) type Handler = Arc<
     dyn Fn(
             Request<Incoming>,
             Arc<State>,
@@ -26,14 +26,14 @@ type Handler = Arc<
 >;
 
 #[derive(Clone, Copy)]
-enum Proto {
+pub(super) enum Proto {
     /// HTTP/1.1 and h2c (prior knowledge), detected per connection.
     Auto,
     /// h2c only.
     H2,
 }
 
-async fn serve_http(proto: Proto, handler: Handler) -> Result<Upstream> {
+pub(super) async fn serve_http(proto: Proto, handler: Handler) -> Result<Upstream> {
     let (listener, addr) = bind().await?;
     let state = Arc::new(State::default());
     let task = accept_loop(listener, state.clone(), move |stream, state| {
@@ -61,11 +61,11 @@ async fn serve_http(proto: Proto, handler: Handler) -> Result<Upstream> {
     Ok(Upstream { addr, state, task })
 }
 
-fn body_of(data: impl Into<Bytes>) -> RespBody {
+pub(super) fn body_of(data: impl Into<Bytes>) -> RespBody {
     Full::new(data.into()).map_err(|e| match e {}).boxed()
 }
 
-fn record(req: &Request<Incoming>) -> Seen {
+pub(super) fn record(req: &Request<Incoming>) -> Seen {
     Seen {
         method: req.method().to_string(),
         path: req
