@@ -1,6 +1,7 @@
 //! Upstreams: named groups of endpoints, a pooled keep-alive client each, and
 //! round-robin selection. Knows nothing of routes or plugins.
 
+pub mod balance;
 mod h2;
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
