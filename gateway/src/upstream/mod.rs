@@ -2,6 +2,8 @@
 //! round-robin selection. Knows nothing of routes or plugins.
 
 pub mod balance;
+pub mod budget;
+pub mod outlier;
 mod h2;
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
