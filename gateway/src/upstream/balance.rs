@@ -5,7 +5,7 @@
 //! | policy | distribution over the eligible endpoints | cost per pick |
 //! |---|---|---|
 //! | `RoundRobin` | in turn, exactly equal; weights ignored | one atomic add |
-//! | `WeightedRoundRobin` | smooth weighted round-robin (nginx): over any `Σw` picks each endpoint gets exactly its weight, interleaved (weights 1:2 → `b a b`, not `a b b`) | a short lock and one pass over the endpoints; a plain round-robin when all weights are equal |
+//! | `WeightedRoundRobin` | smooth weighted round-robin (nginx): over any `Σw` picks each endpoint gets exactly its weight, interleaved (weights 1:2 → `b a b`, not `a b b`) | one atomic add on a precomputed cycle; a plain round-robin when all weights are equal; a short lock and one pass over the endpoints when the pick is ineligible or the cycle too long to precompute |
 //! | `LeastRequest` | power of two choices: two candidates drawn at random (weighted), the one with fewer active requests per unit of weight wins | two random draws |
 //! | `Random` | weighted random | one random draw |
 //! | `ConsistentHash` | Maglev: a key always lands on the same endpoint while it is eligible; a share of keys proportional to its weight per endpoint | a table lookup |
@@ -54,7 +54,11 @@ pub struct Balancer {
     /// All weights equal: the weighted policies take their unweighted path.
     uniform: bool,
     next: AtomicUsize,
-    /// Smooth weighted round-robin: each endpoint's current weight.
+    /// Smooth weighted round-robin: one full cycle of picks (`Σw` long),
+    /// when it is short enough to precompute.
+    cycle: Box<[u32]>,
+    /// Smooth weighted round-robin computed live: each endpoint's current
+    /// weight.
     current: Mutex<Box<[i64]>>,
     /// Consistent hash only.
     maglev: Option<Maglev>,
@@ -92,8 +96,14 @@ impl Balancer {
                 .collect();
             Maglev::new(&named, &weights)
         });
+        let cycle = if policy == Policy::WeightedRoundRobin && !uniform {
+            smooth_cycle(&weights)
+        } else {
+            Box::new([])
+        };
         Balancer {
             policy,
+            cycle,
             current: Mutex::new(vec![0; weights.len()].into_boxed_slice()),
             weights,
             cumulative,
@@ -125,7 +135,7 @@ impl Balancer {
         match self.policy {
             Policy::RoundRobin => self.round_robin(&eligible),
             Policy::WeightedRoundRobin if self.uniform => self.round_robin(&eligible),
-            Policy::WeightedRoundRobin => self.smooth_weighted(&eligible),
+            Policy::WeightedRoundRobin => self.weighted_round_robin(&eligible),
             Policy::LeastRequest => self.two_choices(&eligible, &load),
             Policy::Random => self.random(&eligible),
             Policy::ConsistentHash => match (key, &self.maglev) {
@@ -153,6 +163,20 @@ impl Balancer {
             .filter(|&j| eligible(j))
             .nth((c / n) % m)
             .or_else(|| (0..n).find(|&j| eligible(j)))
+    }
+
+    /// The next pick of the precomputed smooth cycle; if that endpoint is
+    /// ineligible, its turn goes to the eligible ones by a live smooth
+    /// weighted round-robin among them, so they keep their proportions.
+    fn weighted_round_robin(&self, eligible: &impl Fn(usize) -> bool) -> Option<usize> {
+        if !self.cycle.is_empty() {
+            let c = self.next.fetch_add(1, Ordering::Relaxed) % self.cycle.len();
+            let i = self.cycle[c] as usize;
+            if eligible(i) {
+                return Some(i);
+            }
+        }
+        self.smooth_weighted(eligible)
     }
 
     /// nginx's smooth weighted round-robin, over the eligible endpoints only:
@@ -195,21 +219,23 @@ impl Balancer {
         Some(if cost(b, a) < cost(a, b) { b } else { a })
     }
 
-    /// Weighted random over the eligible endpoints. One draw over all
-    /// endpoints first (the common case: it is eligible); otherwise one
-    /// exact draw over the eligible ones — together still exactly
-    /// proportional to weight.
+    /// Weighted random over the eligible endpoints. A few draws over all
+    /// endpoints first, keeping the first eligible one (rejection sampling);
+    /// if all of them hit ineligible endpoints, one draw over the eligible
+    /// ones. Either way exactly proportional to weight.
     fn random(&self, eligible: &impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.weights.len();
         let total = self.cumulative[n - 1];
-        let i = if self.uniform {
-            fastrand::usize(..n)
-        } else {
-            let r = fastrand::u64(..total);
-            self.cumulative.partition_point(|&c| c <= r)
-        };
-        if eligible(i) {
-            return Some(i);
+        for _ in 0..REJECTION_DRAWS {
+            let i = if self.uniform {
+                fastrand::usize(..n)
+            } else {
+                let r = fastrand::u64(..total);
+                self.cumulative.partition_point(|&c| c <= r)
+            };
+            if eligible(i) {
+                return Some(i);
+            }
         }
         let eligible_total: u64 = (0..n)
             .filter(|&j| eligible(j))
@@ -230,6 +256,37 @@ impl Balancer {
         // Only reached when eligibility changed under us.
         last
     }
+}
+
+/// Draws over all endpoints before counting the eligible ones: with a
+/// quarter ineligible, 4 draws all miss 1 time in 256.
+const REJECTION_DRAWS: usize = 4;
+
+/// Longest smooth weighted round-robin cycle precomputed, counted in
+/// endpoint visits (`Σw × endpoints`), so building stays under a few ms.
+const MAX_CYCLE_WORK: u64 = 1 << 22;
+
+/// One full cycle of nginx's smooth weighted round-robin with every
+/// endpoint eligible; empty if too long to precompute.
+fn smooth_cycle(weights: &[u64]) -> Box<[u32]> {
+    let total: u64 = weights.iter().sum();
+    if total.saturating_mul(weights.len() as u64) > MAX_CYCLE_WORK {
+        return Box::new([]);
+    }
+    let mut current = vec![0i64; weights.len()];
+    let mut cycle = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            current[i] += w as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total as i64;
+        cycle.push(best as u32);
+    }
+    cycle.into_boxed_slice()
 }
 
 /// Stable 64-bit hash of a consistent-hash key (header or cookie value,

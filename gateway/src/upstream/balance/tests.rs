@@ -64,6 +64,36 @@ fn smooth_weighted_round_robin_keeps_proportions_when_one_is_skipped() {
 }
 
 #[test]
+fn precomputed_cycle_matches_the_live_algorithm() {
+    let b = Balancer::new(Policy::WeightedRoundRobin, &[3, 1, 2, 5]);
+    assert_eq!(b.cycle.len(), 11);
+    let live = Balancer::new(Policy::WeightedRoundRobin, &[3, 1, 2, 5]);
+    for _ in 0..33 {
+        assert_eq!(
+            b.pick(None, |_| true, |_| 0),
+            live.smooth_weighted(&|_| true)
+        );
+    }
+}
+
+#[test]
+fn weights_too_large_to_precompute_are_balanced_live() {
+    let b = Balancer::new(
+        Policy::WeightedRoundRobin,
+        &[1_000_000, 2_000_000, 3_000_000],
+    );
+    assert!(b.cycle.is_empty());
+    let c = counts(&b, 6000, |_| true, 3);
+    for (got, want) in c.iter().zip([1000, 2000, 3000]) {
+        assert!(got.abs_diff(want) <= 3, "{c:?}");
+    }
+    let c = counts(&b, 6000, |i| i != 1, 3);
+    for (got, want) in c.iter().zip([1500, 0, 4500]) {
+        assert!(got.abs_diff(want) <= 3, "{c:?}");
+    }
+}
+
+#[test]
 fn weighted_round_robin_with_equal_weights_is_round_robin() {
     let b = Balancer::new(Policy::WeightedRoundRobin, &[3, 3, 3]);
     let seq: Vec<usize> = (0..6)
