@@ -32,7 +32,8 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// The policy's name as spelled in the config file and in metrics.
+    /// The policy's snake_case name, for metrics, the admin listener and
+    /// (suggested) the config file.
     pub fn name(self) -> &'static str {
         match self {
             Policy::RoundRobin => "round_robin",
