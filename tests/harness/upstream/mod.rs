@@ -9,11 +9,15 @@
 //! - [`raw`](self::raw): byte-level servers that misbehave on purpose (fixed
 //!   responses, truncated bodies, blackholes, a hand-rolled upgrade).
 //! - [`ws`](self::ws): a WebSocket echo server.
+//! - [`control`](self::control): servers that answer with their name and can
+//!   be told to fail, hang, reset, slow down, go away and come back.
 
+mod control;
 mod http;
 mod raw;
 mod ws;
 
+pub use self::control::{controlled, controlled_tls, Controlled, Mode};
 pub use self::http::{echo, grpc_like, reset_mid_body_h2, sink, slow_headers, source};
 pub use self::raw::{
     blackhole, raw, reset_mid_body, reset_mid_body_chunked, upgrade_echo, SynBlackhole,
