@@ -221,3 +221,19 @@ timeout = "40ms"
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn host_names_are_resolved_into_endpoints() -> Result<()> {
+    let eps = endpoints(1).await?;
+    let port = eps[0].addr().port();
+    let extra = r#"dns_refresh = "100ms""#;
+    let gw = Gateway::start(&config(&format!("\"localhost:{port}\""), extra)).await?;
+    // After the first lookup the endpoint is the address, still named localhost.
+    let addr = format!("127.0.0.1:{port}");
+    wait_state(&gw, &addr, "healthy", true).await?;
+    let e = endpoint_state(&gw, &addr).await?;
+    ensure!(e["host"] == "localhost", "{e}");
+    let resp = Http1::new().get(&gw.url("main", "/")).await?;
+    ensure!(resp.status == 200 && resp.text() == "e0");
+    Ok(())
+}

@@ -162,3 +162,42 @@ async fn insecure_skip_verify_works_and_warns() -> Result<()> {
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn resolved_endpoints_keep_their_host_name_as_sni() -> Result<()> {
+    let pki = Pki::new()?;
+    let leaf = pki.leaf("upstream", &["localhost"])?;
+    let server = pki.server_config(&leaf, &[b"http/1.1"], false)?;
+    let up = controlled_tls("by-name", server).await?;
+    let ca = path(&pki.ca_file()?);
+    let toml = tls_config(up.addr(), "http1", &format!("ca = \"{ca}\"")).replace(
+        &format!("endpoints = [\"{}\"]", up.addr()),
+        &format!(
+            "endpoints = [\"localhost:{}\"]\ndns_refresh = \"50ms\"",
+            up.addr().port()
+        ),
+    );
+    let gw = Gateway::start(&toml).await?;
+    // Wait until DNS replaced the name with the address.
+    let want = format!("127.0.0.1:{}", up.addr().port());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let json = gw.admin_get("/upstreams").await?.json()?;
+        if json["upstreams"][0]["endpoints"][0]["address"] == want.as_str() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "never resolved: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = Http1::new().get(&gw.url("main", "/")).await?;
+    ensure!(
+        resp.status == 200 && resp.text() == "by-name",
+        "{} {}",
+        resp.status,
+        resp.text()
+    );
+    Ok(())
+}

@@ -17,7 +17,7 @@ pub(super) fn spawn(up: &Arc<Upstream>) {
         .iter()
         .any(|e| host_of(&e.address).parse::<IpAddr>().is_err());
     if names {
-        tokio::spawn(run(Arc::downgrade(up)));
+        super::spawn_task(run(Arc::downgrade(up)));
     }
 }
 

@@ -158,3 +158,29 @@ impl EndpointSet {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_thresholds() {
+        let e = Endpoint::new("a:1".into(), "a".into(), 1);
+        assert_eq!(e.record_check(false, 2, 3), None);
+        assert_eq!(e.record_check(false, 2, 3), None);
+        assert_eq!(e.record_check(false, 2, 3), Some(false));
+        assert!(!e.is_healthy());
+        assert_eq!(e.record_check(false, 2, 3), None);
+        assert_eq!(e.record_check(true, 2, 3), None);
+        assert_eq!(e.record_check(false, 2, 3), None);
+        assert_eq!(e.record_check(true, 2, 3), None);
+        assert_eq!(e.record_check(true, 2, 3), Some(true));
+        assert!(e.is_healthy());
+        // A failure in between resets the streak of passes, and vice versa.
+        assert_eq!(e.record_check(false, 2, 3), None);
+        assert_eq!(e.record_check(true, 2, 3), None);
+        assert_eq!(e.record_check(false, 2, 3), None);
+        assert_eq!(e.record_check(false, 2, 3), None);
+        assert!(e.is_healthy());
+    }
+}

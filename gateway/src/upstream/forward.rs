@@ -75,6 +75,8 @@ impl ForwardError {
             ForwardError::Connect(_) | ForwardError::ConnectTimeout => {
                 Some(Outcome::ConnectFailure)
             }
+            // The client's body failed: not the endpoint's fault.
+            ForwardError::Exchange(e) if is_body_error(e.as_ref()) => None,
             // A reset before the response head: a local-origin failure.
             ForwardError::Exchange(_) => Some(Outcome::ConnectFailure),
             ForwardError::PerTryTimeout => Some(Outcome::Timeout),

@@ -23,7 +23,7 @@ pub(super) fn spawn(up: &Arc<Upstream>) {
         return;
     };
     let weak = Arc::downgrade(up);
-    tokio::spawn(run(weak, hc));
+    super::spawn_task(run(weak, hc));
 }
 
 async fn run(weak: Weak<Upstream>, hc: HealthCheck) {

@@ -222,6 +222,14 @@ impl Upstream {
     }
 }
 
+/// Spawns on the current runtime; without one (never the case in the
+/// gateway) the task is skipped rather than panicking.
+fn spawn_task(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(f);
+    }
+}
+
 fn absolute(scheme: &str, authority: &str, path: &str) -> Result<Uri, SendError> {
     format!("{scheme}://{authority}{path}")
         .parse()
