@@ -4,10 +4,11 @@
 //!    path normalisation;
 //! 2. **route**: the router picks a route (404 if none);
 //! 3. **direct**: a direct-response route answers here;
-//! 4. **upstream request**: endpoint picked, path rewritten, hop-by-hop
-//!    headers stripped, forwarding headers and route header ops applied, body
-//!    wrapped with size and progress limits;
-//! 5. **exchange**: sent over the upstream pool with a response deadline;
+//! 4. **upstream request**: path rewritten, hop-by-hop headers stripped,
+//!    forwarding headers and route header ops applied, body wrapped with
+//!    size and progress limits;
+//! 5. **exchange**: `Upstream::forward` picks endpoints, sends, retries and
+//!    times out (circuit breaker included);
 //! 6. **response**: hop-by-hop headers stripped, `Via` and route header ops
 //!    applied, upgrades tunnelled;
 //! 7. **log**: when the response body ends, one access-log event and the
