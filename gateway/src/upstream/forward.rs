@@ -200,7 +200,7 @@ impl Upstream {
         out: &mut Forwarded,
     ) -> Result<(Response<Incoming>, Option<ActiveGuard>), ForwardError> {
         let Exchange {
-            head,
+            mut head,
             body,
             body_empty,
             upgrade,
@@ -238,8 +238,14 @@ impl Upstream {
             }
             let pending = PendingGuard(self.load.clone());
             let active = ActiveGuard::enter(&endpoint);
+            // Keep the head for a later attempt only if there can be one.
+            let parts = if can_retry {
+                head.clone()
+            } else {
+                std::mem::replace(&mut head, Request::new(()).into_parts().0)
+            };
             let mut req = Request::from_parts(
-                head.clone(),
+                parts,
                 body.take().unwrap_or_else(|| {
                     Empty::<Bytes>::new()
                         .map_err(|never| match never {})

@@ -473,3 +473,99 @@ impl Validator {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use crate::config::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const FULL: &str = r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+
+[[upstreams]]
+name = "u"
+endpoints = ["10.0.0.1:80", { address = "backend.internal:8080", weight = 3 }]
+balancer = "consistent-hash"
+hash_on = { cookie = "session" }
+response_timeout = "2s"
+request_timeout = "5s"
+panic_threshold = 0
+[upstreams.health_check]
+type = "http"
+path = "/healthz"
+expected_statuses = [200, 204]
+interval = "2s"
+[upstreams.outlier]
+consecutive_5xx = 3
+[upstreams.retry]
+on = ["gateway-error", "timeout"]
+methods = ["get", "POST"]
+[upstreams.circuit_breaker]
+max_requests = 10
+
+[[routes]]
+name = "r"
+upstream = "u"
+per_try_timeout = "1s"
+retry = { max_retries = 0 }
+"#;
+
+    #[test]
+    fn full_upstream_table() {
+        let c = parse(Path::new("x.toml"), FULL).unwrap_or_else(|e| panic!("{e}"));
+        let u = &c.upstreams[0];
+        assert_eq!(u.endpoints[1].address, "backend.internal:8080");
+        assert_eq!(u.endpoints[1].weight, 3);
+        assert_eq!(u.endpoints[0].weight, 1);
+        assert_eq!(u.balancer, BalancerKind::ConsistentHash);
+        assert_eq!(u.hash_on, Some(HashOn::Cookie("session".into())));
+        assert_eq!(u.per_try_timeout, Duration::from_secs(2));
+        assert_eq!(u.request_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(u.panic_threshold, 0);
+        let hc = u
+            .health_check
+            .as_ref()
+            .unwrap_or_else(|| panic!("no health check"));
+        assert_eq!(hc.expected_statuses, vec![200, 204]);
+        assert_eq!(hc.jitter, Duration::from_millis(200));
+        assert_eq!(hc.unhealthy_threshold, 3);
+        assert_eq!(u.outlier.consecutive_5xx, 3);
+        assert_eq!(u.outlier.consecutive_connect_failures, 5);
+        assert_eq!(u.retry.on.statuses, vec![502, 503, 504]);
+        assert!(u.retry.on.timeout && !u.retry.on.connect_failure);
+        assert_eq!(u.retry.methods, vec![http::Method::GET, http::Method::POST]);
+        assert_eq!(u.retry.max_retries, 1);
+        assert_eq!(u.circuit_breaker.max_requests, 10);
+        assert_eq!(u.circuit_breaker.max_connections, 1024);
+        let RouteAction::Forward(f) = &c.routes[0].action else {
+            panic!("not a forward route")
+        };
+        assert_eq!(
+            f.upstream_policy.per_try_timeout,
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(f.upstream_policy.max_retries, Some(0));
+        assert_eq!(f.upstream_policy.retry_on, None);
+    }
+
+    #[test]
+    fn defaults_match_the_docs() {
+        let src = "[[listeners]]\nname = \"m\"\naddress = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"u\"\nendpoints = [\"a:1\"]\n";
+        let c = parse(Path::new("x.toml"), src).unwrap_or_else(|e| panic!("{e}"));
+        let u = &c.upstreams[0];
+        assert_eq!(u.balancer, BalancerKind::RoundRobin);
+        assert_eq!(u.dns_refresh, Duration::from_secs(5));
+        assert_eq!(u.connect_timeout, Duration::from_secs(5));
+        assert_eq!(u.per_try_timeout, Duration::from_secs(30));
+        assert_eq!(u.request_timeout, None);
+        assert_eq!(u.panic_threshold, 50);
+        assert!(u.health_check.is_none() && u.tls.is_none());
+        assert_eq!(u.retry, RetryPolicy::default());
+        assert_eq!(u.outlier, OutlierSettings::default());
+        assert_eq!(u.circuit_breaker, CircuitBreaker::default());
+    }
+}
