@@ -29,7 +29,10 @@ async fn endpoint_state(gw: &Gateway, addr: &str) -> Result<serde_json::Value> {
 async fn wait_state(gw: &Gateway, addr: &str, key: &str, want: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let e = endpoint_state(gw, addr).await?;
+        // The endpoint may not be there yet (DNS).
+        let e = endpoint_state(gw, addr)
+            .await
+            .unwrap_or_else(|e| serde_json::json!({ "missing": e.to_string() }));
         if e[key] == want {
             return Ok(());
         }
