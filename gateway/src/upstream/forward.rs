@@ -308,14 +308,14 @@ impl Upstream {
                     }
                 }
             };
-            drop(active);
-            // Another attempt?
-            let give_up = |f: Result<Response<Incoming>, ForwardError>| match f {
-                Ok(resp) => Ok((resp, None)),
+            // Another attempt? If not, the last answer goes back as it is
+            // (a response keeps counting as active on its endpoint).
+            let give_up = |f: Result<Response<Incoming>, ForwardError>, active| match f {
+                Ok(resp) => Ok((resp, Some(active))),
                 Err(e) => Err(e),
             };
             if attempt >= max_retries {
-                return give_up(failure);
+                return give_up(failure, active);
             }
             let m = metrics::global();
             // This request's previous retry no longer counts as in flight.
@@ -324,16 +324,17 @@ impl Upstream {
                 Some(g) => _retry_guard = Some(g),
                 None => {
                     m.upstream_retry_budget_exhausted(&self.name);
-                    return give_up(failure);
+                    return give_up(failure, active);
                 }
             }
             let wait = backoff(attempt, retry.backoff_base, retry.backoff_max);
             if deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                return give_up(failure);
+                return give_up(failure, active);
             }
             m.upstream_retry(&self.name, reason);
             // The failed response (if any) is dropped unread before waiting.
             drop(failure);
+            drop(active);
             tokio::time::sleep(wait).await;
         }
     }
