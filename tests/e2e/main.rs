@@ -26,3 +26,7 @@ mod shutdown;
 mod startup;
 mod streaming;
 mod tls;
+mod upstream_balance;
+mod upstream_health;
+mod upstream_retry;
+mod upstream_tls;

@@ -95,6 +95,49 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// The CA certificate as a PEM file in the PKI's directory (for
+    /// `[upstreams.tls] ca`).
+    pub fn ca_file(&self) -> Result<PathBuf> {
+        let path = self.dir.path().join("ca.pem");
+        std::fs::write(&path, &self.ca_pem)?;
+        Ok(path)
+    }
+
+    /// A server config presenting `leaf`, offering `alpn`; with
+    /// `require_client_cert`, clients must present a certificate issued by
+    /// this CA (mutual TLS).
+    pub fn server_config(
+        &self,
+        leaf: &Leaf,
+        alpn: &[&[u8]],
+        require_client_cert: bool,
+    ) -> Result<Arc<rustls::ServerConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::PrivateKeyDer;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(&leaf.cert)?.collect::<Result<_, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(&leaf.key)?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?;
+        let builder = if require_client_cert {
+            let mut roots = RootCertStore::empty();
+            roots.add(self.ca_der.clone())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(certs, key)?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
 /// DNS subject alt names of a DER certificate.
 pub fn dns_names(der: &[u8]) -> Result<Vec<String>> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)

@@ -1,5 +1,5 @@
-//! The admin listener: health, readiness, metrics, the active config and
-//! reload. Bound to loopback by default; it has no authentication, so never
+//! The admin listener: health, readiness, metrics, the active config,
+//! upstream state and reload. Bound to loopback by default; it has no authentication, so never
 //! expose it publicly.
 
 use crate::metrics;
@@ -74,6 +74,17 @@ async fn route(req: Request<Incoming>, runtime: &Runtime) -> Response<Full<Bytes
                 serde_json::to_string_pretty(&body).unwrap_or_default(),
             )
         }
+        (&Method::GET, "/upstreams") => {
+            let snap = runtime.current();
+            let upstreams: Vec<serde_json::Value> =
+                snap.upstreams.iter().map(|u| u.status()).collect();
+            let body = serde_json::json!({ "generation": snap.generation, "upstreams": upstreams });
+            reply(
+                StatusCode::OK,
+                JSON,
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+            )
+        }
         (&Method::POST, "/reload") => match runtime.reload("admin").await {
             Ok(generation) => reply(
                 StatusCode::OK,
@@ -89,13 +100,13 @@ async fn route(req: Request<Incoming>, runtime: &Runtime) -> Response<Full<Bytes
                 )
             }
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/upstreams" | "/reload") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /healthz /readyz /metrics /config, POST /reload\n",
+            "not found; try /healthz /readyz /metrics /config /upstreams, POST /reload\n",
         ),
     }
 }

@@ -157,23 +157,149 @@ pub struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub name: S<String>,
-    pub endpoints: Vec<S<String>>,
+    pub endpoints: Vec<S<RawEndpoint>>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub balancer: BalancerKind,
+    pub hash_on: Option<S<RawHashOn>>,
+    pub dns_refresh: Option<S<String>>,
     pub connect_timeout: Option<S<String>>,
+    /// Older name of `per_try_timeout`.
     pub response_timeout: Option<S<String>>,
+    pub per_try_timeout: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
     pub pool_idle_timeout: Option<S<String>>,
     pub pool_max_idle_per_endpoint: Option<S<u64>>,
+    /// Percent of healthy endpoints below which ejection and health are ignored.
+    pub panic_threshold: Option<S<u64>>,
+    pub health_check: Option<S<RawHealthCheck>>,
+    pub outlier: Option<S<RawOutlier>>,
+    pub retry: Option<S<RawRetry>>,
+    pub circuit_breaker: Option<S<RawCircuitBreaker>>,
+    pub tls: Option<S<RawUpstreamTls>>,
+}
+
+/// `"host:port"` or `{ address = "host:port", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEndpoint {
+    Address(String),
+    Table(RawEndpointTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpointTable {
+    pub address: String,
+    pub weight: Option<i64>,
+}
+
+/// `"client-ip"` or `{ header = "x-user" }`, `{ cookie = "session" }`,
+/// `{ query = "user" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawHashOn {
+    Name(String),
+    Table(RawHashOnTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHashOnTable {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancerKind {
+    #[default]
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastRequest,
+    Random,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckKind,
+    pub path: Option<S<String>>,
+    pub host: Option<S<String>>,
+    #[serde(default)]
+    pub expected_statuses: Vec<S<u16>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub jitter: Option<S<String>>,
+    pub healthy_threshold: Option<S<u64>>,
+    pub unhealthy_threshold: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_5xx: Option<S<u64>>,
+    pub consecutive_connect_failures: Option<S<u64>>,
+    pub base_ejection_time: Option<S<String>>,
+    pub max_ejection_time: Option<S<String>>,
+    pub max_ejection_percent: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub max_retries: Option<S<u64>>,
+    pub on: Option<Vec<S<String>>>,
+    pub methods: Option<Vec<S<String>>>,
+    pub backoff_base: Option<S<String>>,
+    pub backoff_max: Option<S<String>>,
+    pub budget_percent: Option<S<u64>>,
+    pub min_retry_concurrency: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    pub max_connections: Option<S<u64>>,
+    pub max_pending: Option<S<u64>>,
+    pub max_requests: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM bundle of trusted CAs; absent: the system's roots.
+    pub ca: Option<S<String>>,
+    pub sni: Option<S<String>>,
+    /// Client certificate chain and key (PEM) for mutual TLS.
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
-    /// HTTP/1.1 with keep-alive.
+    /// HTTP/1.1 with keep-alive (over TLS when `[upstreams.tls]` is set).
     #[default]
     Http1,
     /// HTTP/2 with prior knowledge over plain TCP.
     H2c,
+    /// HTTP/2 over TLS, negotiated with ALPN `h2`.
+    H2,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,12 +324,26 @@ pub struct RawRoute {
     pub strip_prefix: Option<S<String>>,
     pub rewrite_path: Option<S<String>>,
     pub host_rewrite: Option<S<String>>,
+    /// Overrides the upstream's `per_try_timeout` for this route.
+    pub per_try_timeout: Option<S<String>>,
+    /// Overrides the upstream's `request_timeout` for this route.
+    pub request_timeout: Option<S<String>>,
+    /// Overrides fields of the upstream's `[upstreams.retry]` for this route.
+    pub retry: Option<S<RawRouteRetry>>,
     #[serde(default)]
     pub request_headers: RawHeaderOps,
     #[serde(default)]
     pub response_headers: RawHeaderOps,
     #[serde(default)]
     pub plugins: Vec<S<RawPluginRef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteRetry {
+    pub max_retries: Option<S<u64>>,
+    pub on: Option<Vec<S<String>>>,
+    pub methods: Option<Vec<S<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

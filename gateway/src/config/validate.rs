@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod upstream;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let source = std::fs::read_to_string(path).map_err(|e| {
@@ -435,37 +437,6 @@ impl Validator {
         }
     }
 
-    fn upstream(&mut self, raw: S<RawUpstream>) -> Option<UpstreamConfig> {
-        let raw = raw.into_inner();
-        self.name(&raw.name, "upstream");
-        // An upstream may have no endpoints (a service taken out of
-        // rotation): its routes then answer 503, as in Envoy.
-        let mut endpoints = Vec::new();
-        for e in &raw.endpoints {
-            match e.get_ref().parse::<http::uri::Authority>() {
-                Ok(a) if a.port_u16().is_some() && !a.as_str().contains('@') => {
-                    endpoints.push(a.to_string())
-                }
-                _ => self.r.error(
-                    &e.span(),
-                    format!("invalid endpoint `{}`", e.get_ref()),
-                    "write host:port, e.g. \"127.0.0.1:8081\" or \"backend.internal:80\"",
-                ),
-            }
-        }
-        let d = UpstreamDefaults::default();
-        Some(UpstreamConfig {
-            name: raw.name.into_inner(),
-            endpoints,
-            protocol: raw.protocol,
-            connect_timeout: self.duration(&raw.connect_timeout, d.connect),
-            response_timeout: self.duration(&raw.response_timeout, d.response),
-            pool_idle_timeout: self.duration(&raw.pool_idle_timeout, d.pool_idle),
-            pool_max_idle_per_endpoint: self
-                .count(&raw.pool_max_idle_per_endpoint, d.pool_max_idle),
-        })
-    }
-
     fn route(
         &mut self,
         raw: S<RawRoute>,
@@ -551,6 +522,8 @@ impl Validator {
                 ("strip_prefix", &raw.strip_prefix),
                 ("rewrite_path", &raw.rewrite_path),
                 ("host_rewrite", &raw.host_rewrite),
+                ("per_try_timeout", &raw.per_try_timeout),
+                ("request_timeout", &raw.request_timeout),
             ] {
                 if let Some(v) = v {
                     self.r.error(
@@ -559,6 +532,13 @@ impl Validator {
                         format!("remove {key}"),
                     );
                 }
+            }
+            if let Some(r) = &raw.retry {
+                self.r.error(
+                    &r.span(),
+                    "retry has no effect on a direct_response route",
+                    "remove [routes.retry]",
+                );
             }
         }
         let request_headers = self.header_ops(&raw.request_headers);
@@ -780,11 +760,13 @@ impl Validator {
                 }
             }
         });
+        let upstream_policy = self.route_upstream_policy(raw);
         Some(RouteAction::Forward(ForwardAction {
             upstream: upstream.get_ref().clone(),
             strip_prefix,
             rewrite_path,
             host_rewrite,
+            upstream_policy,
         }))
     }
 
@@ -828,6 +810,8 @@ struct UpstreamDefaults {
     response: Duration,
     pool_idle: Duration,
     pool_max_idle: usize,
+    dns_refresh: Duration,
+    panic_threshold: u8,
 }
 
 impl Default for UpstreamDefaults {
@@ -837,6 +821,8 @@ impl Default for UpstreamDefaults {
             response: Duration::from_secs(30),
             pool_idle: Duration::from_secs(90),
             pool_max_idle: 64,
+            dns_refresh: Duration::from_secs(5),
+            panic_threshold: 50,
         }
     }
 }

@@ -27,6 +27,30 @@ pub struct UpstreamError {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamReason {
+    pub upstream: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub upstream: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointResult {
+    pub upstream: String,
+    pub endpoint: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
 }
@@ -73,6 +97,12 @@ pub struct Metrics {
     pub requests: Family<RouteStatus, Counter>,
     pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub upstream_errors: Family<UpstreamError, Counter>,
+    pub upstream_retries: Family<UpstreamReason, Counter>,
+    pub upstream_retry_budget_exhausted: Family<UpstreamLabel, Counter>,
+    pub upstream_overflow: Family<UpstreamReason, Counter>,
+    pub upstream_ejections: Family<EndpointLabel, Counter>,
+    pub upstream_health_checks: Family<EndpointResult, Counter>,
+    pub upstream_endpoint_healthy: Family<EndpointLabel, Gauge>,
     pub active_connections: Family<ListenerLabel, Gauge>,
     pub rejected_connections: Family<ListenerLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
@@ -108,6 +138,42 @@ impl Metrics {
             "upstream_errors",
             "Failed upstream exchanges, by upstream and kind",
             upstream_errors.clone(),
+        );
+        let upstream_retries = Family::<UpstreamReason, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Retried upstream attempts, by upstream and reason (connect_failure, reset, timeout, status)",
+            upstream_retries.clone(),
+        );
+        let upstream_retry_budget_exhausted = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not made because the upstream's retry budget was spent",
+            upstream_retry_budget_exhausted.clone(),
+        );
+        let upstream_overflow = Family::<UpstreamReason, Counter>::default();
+        registry.register(
+            "upstream_overflow",
+            "Requests answered 503 by the circuit breaker, by limit (requests, pending, connections)",
+            upstream_overflow.clone(),
+        );
+        let upstream_ejections = Family::<EndpointLabel, Counter>::default();
+        registry.register(
+            "upstream_ejections",
+            "Endpoints ejected by outlier detection",
+            upstream_ejections.clone(),
+        );
+        let upstream_health_checks = Family::<EndpointResult, Counter>::default();
+        registry.register(
+            "upstream_health_checks",
+            "Active health checks, by endpoint and result (ok, failed)",
+            upstream_health_checks.clone(),
+        );
+        let upstream_endpoint_healthy = Family::<EndpointLabel, Gauge>::default();
+        registry.register(
+            "upstream_endpoint_healthy",
+            "1 if the endpoint passes its active health checks, else 0",
+            upstream_endpoint_healthy.clone(),
         );
         let active_connections = Family::<ListenerLabel, Gauge>::default();
         registry.register(
@@ -182,6 +248,12 @@ impl Metrics {
             requests,
             request_duration,
             upstream_errors,
+            upstream_retries,
+            upstream_retry_budget_exhausted,
+            upstream_overflow,
+            upstream_ejections,
+            upstream_health_checks,
+            upstream_endpoint_healthy,
             active_connections,
             rejected_connections,
             reloads,
@@ -205,6 +277,62 @@ impl Metrics {
                 kind,
             })
             .inc();
+    }
+}
+
+impl Metrics {
+    pub fn upstream_retry(&self, upstream: &str, reason: &'static str) {
+        self.upstream_retries
+            .get_or_create(&UpstreamReason {
+                upstream: upstream.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn upstream_retry_budget_exhausted(&self, upstream: &str) {
+        self.upstream_retry_budget_exhausted
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_overflow(&self, upstream: &str, reason: &'static str) {
+        self.upstream_overflow
+            .get_or_create(&UpstreamReason {
+                upstream: upstream.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn upstream_ejection(&self, upstream: &str, endpoint: &str) {
+        self.upstream_ejections
+            .get_or_create(&EndpointLabel {
+                upstream: upstream.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_health_check(&self, upstream: &str, endpoint: &str, ok: bool) {
+        self.upstream_health_checks
+            .get_or_create(&EndpointResult {
+                upstream: upstream.to_string(),
+                endpoint: endpoint.to_string(),
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    pub fn upstream_endpoint_healthy(&self, upstream: &str, endpoint: &str, healthy: bool) {
+        self.upstream_endpoint_healthy
+            .get_or_create(&EndpointLabel {
+                upstream: upstream.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .set(i64::from(healthy));
     }
 }
 

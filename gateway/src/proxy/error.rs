@@ -26,6 +26,14 @@ pub enum ProxyError {
     UpstreamConnectTimeout { upstream: String, endpoint: String },
     #[error("upstream `{upstream}` ({endpoint}) did not answer in time")]
     UpstreamTimeout { upstream: String, endpoint: String },
+    #[error("upstream `{upstream}` did not answer within the request timeout")]
+    UpstreamRequestTimeout { upstream: String },
+    /// The circuit breaker's limit: answered at once, nothing sent.
+    #[error("upstream overflow: `{upstream}` is at its {limit} limit")]
+    UpstreamOverflow {
+        upstream: String,
+        limit: &'static str,
+    },
     #[error("plugin `{plugin}` failed ({kind})")]
     Plugin {
         plugin: String,
@@ -62,14 +70,16 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoint { .. } | ProxyError::UpstreamOverflow { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::ResponseBodyTooLarge { .. }
             | ProxyError::ResponseBody(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::UpstreamConnectTimeout { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamRequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -82,6 +92,8 @@ impl ProxyError {
                 Some((upstream, "connect_timeout"))
             }
             ProxyError::UpstreamTimeout { upstream, .. } => Some((upstream, "timeout")),
+            ProxyError::UpstreamRequestTimeout { upstream } => Some((upstream, "request_timeout")),
+            ProxyError::UpstreamOverflow { upstream, .. } => Some((upstream, "overflow")),
             ProxyError::UpstreamProtocol { upstream, .. } => Some((upstream, "protocol")),
             _ => None,
         }

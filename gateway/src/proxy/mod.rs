@@ -4,10 +4,11 @@
 //!    path normalisation;
 //! 2. **route**: the router picks a route (404 if none);
 //! 3. **direct**: a direct-response route answers here;
-//! 4. **upstream request**: endpoint picked, path rewritten, hop-by-hop
-//!    headers stripped, forwarding headers and route header ops applied, body
-//!    wrapped with size and progress limits;
-//! 5. **exchange**: sent over the upstream pool with a response deadline;
+//! 4. **upstream request**: path rewritten, hop-by-hop headers stripped,
+//!    forwarding headers and route header ops applied, body wrapped with
+//!    size and progress limits;
+//! 5. **exchange**: `Upstream::forward` picks endpoints, sends, retries and
+//!    times out (circuit breaker included);
 //! 6. **response**: hop-by-hop headers stripped, `Via` and route header ops
 //!    applied, upgrades tunnelled;
 //! 7. **log**: when the response body ends, one access-log event and the
@@ -23,12 +24,12 @@ mod upgrade;
 pub use error::ProxyError;
 pub use headers::is_upgrade;
 
-use crate::config::{DirectResponse, HeaderOps, Limits, RouteAction};
+use crate::config::{DirectResponse, HeaderOps, Limits, RouteAction, RouteUpstreamPolicy};
 use crate::metrics::{self, RouteLabel, RouteStatus};
 use crate::plugin::{Context, Outcome, PluginReply, PluginRequest, PluginResponse};
 use crate::router::{self, RequestHead};
 use crate::runtime::Snapshot;
-use crate::upstream::{Body, BoxError, SendError, Upstream};
+use crate::upstream::{Body, Exchange, ForwardError};
 use body::{find_body_error, BodyError, LimitedBody, ObservedBody};
 use bytes::Bytes;
 use headers::{ClientSide, X_REQUEST_ID};
@@ -135,6 +136,8 @@ struct Access {
     path: String,
     route: Option<Arc<str>>,
     endpoint: Option<String>,
+    /// Upstream attempts (more than one when retried).
+    attempts: u32,
     bytes_in: Arc<AtomicU64>,
     /// The plugins' per-request context.
     context: Context,
@@ -157,6 +160,7 @@ pub async fn handle(
         path: req.uri().path().to_string(),
         route: None,
         endpoint: None,
+        attempts: 0,
         bytes_in: Arc::new(AtomicU64::new(0)),
         context: Context::new(),
     };
@@ -216,6 +220,7 @@ fn finish(
             path = %a.path,
             route,
             upstream = a.endpoint.as_deref().unwrap_or(""),
+            attempts = a.attempts,
             context = %ContextDisplay(&a.context),
             status = status.as_u16(),
             bytes_in = a.bytes_in.load(Ordering::Relaxed),
@@ -361,8 +366,9 @@ async fn proxy(
     // Phases 4–6: a direct response, or the upstream's.
     let mut resp = match &route.action {
         RouteAction::Direct(d) => direct_response(d),
-        RouteAction::Forward(_) => {
+        RouteAction::Forward(f) => {
             let forwarding = Forwarding {
+                policy: &f.upstream_policy,
                 conn,
                 snap,
                 target,
@@ -504,6 +510,7 @@ struct Forwarding<'a> {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     authority: &'a str,
     request_headers: &'a HeaderOps,
+    policy: &'a RouteUpstreamPolicy,
 }
 
 /// Phases 4–6: builds the upstream request, exchanges it, cleans the
@@ -522,6 +529,7 @@ async fn forward(
         client_upgrade,
         authority,
         request_headers,
+        policy,
     } = f;
     let limits = &conn.limits;
     // Phase 4: upstream request.
@@ -532,10 +540,6 @@ async fn forward(
         .ok_or_else(|| ProxyError::NoEndpoint {
             upstream: name.clone(),
         })?;
-    let endpoint = upstream.pick().ok_or_else(|| ProxyError::NoEndpoint {
-        upstream: upstream.name.clone(),
-    })?;
-    access.endpoint = Some(endpoint.to_string());
     let uri: Uri = target
         .path_and_query
         .parse()
@@ -564,6 +568,12 @@ async fn forward(
     }
     headers.insert(&X_REQUEST_ID, access.request_id.clone());
     request_headers.apply(headers);
+    // Only a request without a body can be sent again (retries).
+    let body_empty = upgrade
+        || match &body {
+            RequestBody::Streaming(incoming) => hyper::body::Body::is_end_stream(incoming),
+            RequestBody::Buffered(data) => data.is_empty(),
+        };
     let body: Body = match body {
         _ if upgrade => Empty::<Bytes>::new()
             .map_err(|never| match never {})
@@ -586,8 +596,23 @@ async fn forward(
         .body(body)
         .map_err(|_| ProxyError::BadRequest("invalid request"))?;
 
-    // Phase 5: exchange.
-    let mut resp = exchange(upstream, endpoint, out).await?;
+    // Phase 5: exchange (the upstream picks endpoints, retries, times out).
+    let (head, body) = out.into_parts();
+    let forwarded = upstream
+        .forward(Exchange {
+            head,
+            body,
+            body_empty,
+            upgrade,
+            client_ip: conn.client.ip(),
+            policy,
+        })
+        .await;
+    access.endpoint = forwarded.endpoint;
+    access.attempts = forwarded.attempts;
+    let mut resp = forwarded
+        .result
+        .map_err(|e| upstream_error(&upstream.name, access.endpoint.as_deref().unwrap_or(""), e))?;
 
     // Phase 6: response.
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -600,7 +625,7 @@ async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         upgrade::tunnel(client_upgrade, upstream_upgrade, access.request_id.clone());
     }
-    Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+    Ok(resp)
 }
 
 fn plugin_reply(reply: PluginReply) -> Response<Body> {
@@ -614,39 +639,26 @@ fn plugin_reply(reply: PluginReply) -> Response<Body> {
     resp
 }
 
-/// Phase 5: one exchange with the upstream under its response deadline.
-async fn exchange(
-    upstream: &Upstream,
-    endpoint: &str,
-    req: Request<Body>,
-) -> Result<Response<Incoming>, ProxyError> {
-    let names = || (upstream.name.clone(), endpoint.to_string());
-    let result =
-        tokio::time::timeout(upstream.response_timeout(), upstream.send(endpoint, req)).await;
-    let err = match result {
-        Ok(Ok(resp)) => return Ok(resp),
-        Ok(Err(e)) => e,
-        Err(_) => {
-            let (upstream, endpoint) = names();
-            return Err(ProxyError::UpstreamTimeout { upstream, endpoint });
-        }
-    };
-    if let Some(b) = find_body_error(&err) {
-        return Err(match b {
-            BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit: *limit },
-            BodyError::Stalled => ProxyError::BodyTimeout,
-        });
-    }
-    let (upstream, endpoint) = names();
-    Err(match err {
-        SendError::ConnectTimeout => ProxyError::UpstreamConnectTimeout { upstream, endpoint },
-        SendError::Connect(_) => ProxyError::UpstreamConnect { upstream, endpoint },
-        SendError::Exchange(_) => ProxyError::UpstreamProtocol {
-            upstream,
-            endpoint,
-            reason: error_chain(&err),
+/// Phase 5's failures as the proxy's errors.
+fn upstream_error(upstream: &str, endpoint: &str, err: ForwardError) -> ProxyError {
+    let (upstream, endpoint) = (upstream.to_string(), endpoint.to_string());
+    match err {
+        ForwardError::NoEndpoint => ProxyError::NoEndpoint { upstream },
+        ForwardError::Overflow(limit) => ProxyError::UpstreamOverflow { upstream, limit },
+        ForwardError::ConnectTimeout => ProxyError::UpstreamConnectTimeout { upstream, endpoint },
+        ForwardError::Connect(_) => ProxyError::UpstreamConnect { upstream, endpoint },
+        ForwardError::PerTryTimeout => ProxyError::UpstreamTimeout { upstream, endpoint },
+        ForwardError::RequestTimeout => ProxyError::UpstreamRequestTimeout { upstream },
+        ForwardError::Exchange(e) => match find_body_error(e.as_ref()) {
+            Some(BodyError::TooLarge(limit)) => ProxyError::BodyTooLarge { limit: *limit },
+            Some(BodyError::Stalled) => ProxyError::BodyTimeout,
+            None => ProxyError::UpstreamProtocol {
+                upstream,
+                endpoint,
+                reason: error_chain(e.as_ref()),
+            },
         },
-    })
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

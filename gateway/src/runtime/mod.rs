@@ -58,10 +58,13 @@ impl Snapshot {
                 None
             }
         };
-        let upstreams = Arc::new(Upstreams::build(
-            &config.upstreams,
-            previous.map(|p| &*p.upstreams),
-        ));
+        let upstreams = match Upstreams::build(&config.upstreams, previous.map(|p| &*p.upstreams)) {
+            Ok(u) => Arc::new(u),
+            Err(e) => {
+                errors.extend(e);
+                Arc::new(Upstreams::default())
+            }
+        };
         let chains = match plugins::build(&config, upstreams.clone()).await {
             Ok(c) => c,
             Err(e) => {

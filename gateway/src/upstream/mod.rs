@@ -1,87 +1,181 @@
-//! Upstreams: named groups of endpoints, a pooled keep-alive client each, and
-//! round-robin selection. Knows nothing of routes or plugins.
+//! Upstreams: named groups of endpoints and everything between a request
+//! and one of them — balancing, active and passive health, retries with a
+//! budget, timeouts, circuit breaking, pooled HTTP/1.1 and multiplexed
+//! HTTP/2, TLS. Knows nothing of routes or plugins.
+//!
+//! The proxy calls [`Upstream::forward`] once per request; that function
+//! owns the attempt loop (see `forward.rs`).
 
+pub mod balance;
+pub mod budget;
+mod connect;
+mod dns;
+mod endpoints;
+mod forward;
 mod h2;
+mod health;
+pub mod outlier;
+mod status;
+mod tls;
 
-use crate::config::{UpstreamConfig, UpstreamProtocol};
+pub use forward::{Exchange, ForwardError, Forwarded};
+
+use crate::config::{ConfigError, UpstreamConfig, UpstreamProtocol};
+use arc_swap::ArcSwap;
+use budget::RetryBudget;
 use bytes::Bytes;
+use connect::{ConnectError, Connector};
+use endpoints::{Endpoint, EndpointSet};
 use http::{header, Request, Response, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type sent to upstreams and returned to clients.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpConnector, Body>;
+type HttpClient = Client<Connector, Body>;
 
-/// Why an exchange with an upstream failed.
+/// Why one exchange with an endpoint failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("connection failed")]
     Connect(#[source] BoxError),
     #[error("connection timed out")]
     ConnectTimeout,
+    #[error("connection limit reached")]
+    Overflow,
     #[error("exchange failed")]
     Exchange(#[source] BoxError),
 }
 
-enum Transport {
-    Http1(Box<HttpClient>),
-    H2c(h2::H2Pool),
+impl SendError {
+    fn from_connect(e: ConnectError) -> SendError {
+        match e {
+            ConnectError::Timeout => SendError::ConnectTimeout,
+            ConnectError::Overflow(_) => SendError::Overflow,
+            e => SendError::Connect(e.into()),
+        }
+    }
 }
 
-/// One upstream with its own connection pool.
+enum Transport {
+    Http1(Box<HttpClient>),
+    H2(h2::H2Pool),
+}
+
+/// Requests and pending attempts of one upstream, for the circuit breaker.
+#[derive(Default)]
+struct Load {
+    requests: AtomicUsize,
+    pending: AtomicUsize,
+}
+
+/// One upstream: its endpoints, pools and traffic policy.
 pub struct Upstream {
     pub name: String,
     cfg: UpstreamConfig,
-    next: AtomicUsize,
+    set: ArcSwap<EndpointSet>,
     transport: Transport,
+    connector: Connector,
+    budget: RetryBudget,
+    load: Arc<Load>,
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_endpoint);
-        let transport = match cfg.protocol {
-            UpstreamProtocol::Http1 => Transport::Http1(Box::new(builder.build(connector))),
-            UpstreamProtocol::H2c => Transport::H2c(h2::H2Pool::new(cfg.connect_timeout)),
+    /// Builds an upstream and starts its health-check and DNS tasks, which
+    /// end when the upstream is dropped (its config reloaded away).
+    pub fn new(cfg: &UpstreamConfig) -> Result<Arc<Upstream>, ConfigError> {
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let alpn: &[&[u8]] = match cfg.protocol {
+                    UpstreamProtocol::H2 => &[b"h2"],
+                    _ => &[b"http/1.1"],
+                };
+                Some((tls::client_config(&cfg.name, t, alpn)?, t.sni.clone()))
+            }
         };
-        Upstream {
+        let connector = Connector::new(
+            cfg.connect_timeout,
+            tls,
+            cfg.circuit_breaker.max_connections,
+        );
+        let transport = match cfg.protocol {
+            UpstreamProtocol::Http1 => {
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(cfg.pool_idle_timeout)
+                    .pool_max_idle_per_host(cfg.pool_max_idle_per_endpoint);
+                Transport::Http1(Box::new(builder.build(connector.clone())))
+            }
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+                Transport::H2(h2::H2Pool::new(connector.clone()))
+            }
+        };
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|e| {
+                let host = connect::host_of(&e.address).to_string();
+                Arc::new(Endpoint::new(e.address.clone(), host, e.weight))
+            })
+            .collect();
+        let retry = &cfg.retry;
+        let up = Arc::new(Upstream {
             name: cfg.name.clone(),
-            cfg: cfg.clone(),
-            next: AtomicUsize::new(0),
+            set: ArcSwap::from_pointee(EndpointSet::new(endpoints, cfg)),
             transport,
-        }
+            connector,
+            budget: RetryBudget::new(f64::from(retry.budget_percent), retry.min_retry_concurrency),
+            load: Arc::default(),
+            cfg: cfg.clone(),
+        });
+        health::spawn(&up);
+        dns::spawn(&up);
+        Ok(up)
     }
 
-    /// The next endpoint in round-robin order, or `None` if there is none.
-    pub fn pick(&self) -> Option<&str> {
-        let endpoints = &self.cfg.endpoints;
-        if endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        Some(&endpoints[i])
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
     }
 
-    /// How long to wait for the response head.
-    pub fn response_timeout(&self) -> Duration {
-        self.cfg.response_timeout
+    /// An available endpoint's address, for one-off calls (plugin HTTP
+    /// calls), or `None` if there is none.
+    pub fn pick(&self) -> Option<String> {
+        let set = self.set.load();
+        let i = set.pick(None, &[], std::time::Instant::now())?;
+        Some(set.endpoints[i].address.clone())
+    }
+
+    /// Replaces the endpoint list (DNS changed it). Endpoints that stay
+    /// keep their state; requests in flight keep the set they started on.
+    fn replace_endpoints(&self, list: Vec<(String, String, u32)>) {
+        let old = self.set.load_full();
+        let mut names = HashMap::new();
+        let endpoints: Vec<Arc<Endpoint>> = list
+            .into_iter()
+            .map(|(address, host, weight)| {
+                names.insert(address.clone(), host.clone());
+                old.endpoints
+                    .iter()
+                    .find(|e| e.address == address && e.weight == weight)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(address, host, weight)))
+            })
+            .collect();
+        self.connector.set_names(names);
+        if let Transport::H2(pool) = &self.transport {
+            pool.retain(|a| endpoints.iter().any(|e| e.address == a));
+        }
+        self.set
+            .store(Arc::new(EndpointSet::new(endpoints, &self.cfg)));
     }
 
     /// Sends a request whose URI is origin-form (path and query) and whose
@@ -95,26 +189,32 @@ impl Upstream {
         let path = pq.as_ref().map_or("/", |p| p.as_str());
         match &self.transport {
             Transport::Http1(client) => {
-                *req.uri_mut() = absolute(endpoint, path)?;
+                *req.uri_mut() = absolute("http", endpoint, path)?;
                 *req.version_mut() = Version::HTTP_11;
                 client.request(req).await.map_err(|e| {
                     if !e.is_connect() {
-                        SendError::Exchange(e.into())
-                    } else if has_timeout(&e) {
-                        SendError::ConnectTimeout
-                    } else {
-                        SendError::Connect(e.into())
+                        return SendError::Exchange(e.into());
+                    }
+                    match find_connect_error(&e) {
+                        Some(ConnectError::Timeout) => SendError::ConnectTimeout,
+                        Some(ConnectError::Overflow(_)) => SendError::Overflow,
+                        _ => SendError::Connect(e.into()),
                     }
                 })
             }
-            Transport::H2c(pool) => {
+            Transport::H2(pool) => {
                 // HTTP/2 carries the host as `:authority`, not as a header.
                 let authority = req.headers_mut().remove(header::HOST);
                 let authority = authority
                     .as_ref()
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or(endpoint);
-                *req.uri_mut() = absolute(authority, path)?;
+                let scheme = if self.connector.is_tls() {
+                    "https"
+                } else {
+                    "http"
+                };
+                *req.uri_mut() = absolute(scheme, authority, path)?;
                 *req.version_mut() = Version::HTTP_2;
                 pool.send(endpoint, req).await
             }
@@ -122,23 +222,29 @@ impl Upstream {
     }
 }
 
-fn absolute(authority: &str, path: &str) -> Result<Uri, SendError> {
-    format!("http://{authority}{path}")
+/// Spawns on the current runtime; without one (never the case in the
+/// gateway) the task is skipped rather than panicking.
+fn spawn_task(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(f);
+    }
+}
+
+fn absolute(scheme: &str, authority: &str, path: &str) -> Result<Uri, SendError> {
+    format!("{scheme}://{authority}{path}")
         .parse()
         .map_err(|e: http::uri::InvalidUri| SendError::Exchange(e.into()))
 }
 
-fn has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+fn find_connect_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
     let mut cur = Some(e);
     while let Some(e) = cur {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
+        if let Some(c) = e.downcast_ref::<ConnectError>() {
+            return Some(c);
         }
         cur = e.source();
     }
-    false
+    None
 }
 
 /// All upstreams of one config generation, by name.
@@ -148,27 +254,47 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds the upstreams of a new config, reusing the pools of unchanged
-    /// upstreams from the previous generation so a reload keeps warm
-    /// connections.
-    pub fn build(cfgs: &[UpstreamConfig], previous: Option<&Upstreams>) -> Upstreams {
-        let by_name = cfgs
-            .iter()
-            .map(|c| {
-                let reuse = previous
-                    .and_then(|p| p.by_name.get(&c.name))
-                    .filter(|u| u.cfg == *c)
-                    .cloned();
-                (
-                    c.name.clone(),
-                    reuse.unwrap_or_else(|| Arc::new(Upstream::new(c))),
-                )
-            })
-            .collect();
-        Upstreams { by_name }
+    /// Builds the upstreams of a new config, reusing unchanged upstreams
+    /// from the previous generation so a reload keeps warm connections,
+    /// health and ejection state.
+    pub fn build(
+        cfgs: &[UpstreamConfig],
+        previous: Option<&Upstreams>,
+    ) -> Result<Upstreams, Vec<ConfigError>> {
+        let mut by_name = HashMap::new();
+        let mut errors = Vec::new();
+        for c in cfgs {
+            let reuse = previous
+                .and_then(|p| p.by_name.get(&c.name))
+                .filter(|u| u.cfg == *c)
+                .cloned();
+            let up = match reuse {
+                Some(u) => u,
+                None => match Upstream::new(c) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                },
+            };
+            by_name.insert(c.name.clone(), up);
+        }
+        if errors.is_empty() {
+            Ok(Upstreams { by_name })
+        } else {
+            Err(errors)
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.by_name.get(name)
+    }
+
+    /// Every upstream, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        let mut all: Vec<&Arc<Upstream>> = self.by_name.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.into_iter()
     }
 }

@@ -11,13 +11,17 @@
 //! - [`ws`](self::ws): a WebSocket echo server.
 //! - [`body`](self::body): servers for body handling (a mirror, a response
 //!   held back until released).
+//! - [`control`](self::control): servers that answer with their name and can
+//!   be told to fail, hang, reset, slow down, go away and come back.
 
 mod body;
+mod control;
 mod http;
 mod raw;
 mod ws;
 
 pub use self::body::{gated, mirror, Gate};
+pub use self::control::{controlled, controlled_tls, Controlled, Mode};
 pub use self::http::{echo, grpc_like, reset_mid_body_h2, sink, slow_headers, source};
 pub use self::raw::{
     blackhole, raw, reset_mid_body, reset_mid_body_chunked, upgrade_echo, SynBlackhole,
