@@ -30,9 +30,14 @@ async fn harness_runs_body_phases() -> Result<()> {
     let rewrite = TestPlugin::load(plugins::path("body_rewrite"), config)
         .await
         .map_err(anyhow::Error::msg)?;
-    // Only the request body was asked for, as the config has no response rules.
-    let phases = rewrite.body_phases();
-    assert!(phases.request && !phases.response, "{phases:?}");
+    // Only the request body was asked for, as the config has no response
+    // rules; no head phase either.
+    let phases = rewrite.phases();
+    assert!(phases.request_body && !phases.response_body, "{phases:?}");
+    assert!(
+        !phases.request_headers && !phases.response_headers,
+        "{phases:?}"
+    );
     let run = rewrite
         .on_request_body(TestRequest::new(Method::POST, "/"), b"banana")
         .await?;

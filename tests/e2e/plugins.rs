@@ -624,3 +624,48 @@ plugins = [ {{ plugin = "bomb_fresh", config = {{ mib = 1 }} }} ]
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_plugin_is_called_only_in_the_phases_it_declares() -> Result<()> {
+    // header-one declares the request-headers phase only; hello-header both.
+    let wasm = plugins::decl("one", "header_one", "") + &plugins::decl("hello", "hello_header", "");
+    let echo = upstream::echo().await?;
+    let config = config(
+        echo.addr(),
+        &format!(
+            r#"{wasm}
+[[routes]]
+name = "api"
+upstream = "backend"
+plugins = [
+  {{ plugin = "one" }},
+  {{ plugin = "hello", config = {{ greeting = "hi" }} }},
+]
+"#
+        ),
+    );
+    let gw = Gateway::start(&config).await?;
+    let http = Http1::new();
+    for i in 0..3 {
+        let resp = get(
+            &http,
+            &gw.url("main", "/x"),
+            &format!("phases-{i}"),
+            &[("x-bench-in", "v")],
+        )
+        .await?;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(echoed(&resp, "x-bench-out")?, ["v"]);
+        assert_eq!(resp.header("x-hello-plugin"), Some("hi"));
+    }
+    crate::admin::metrics_until(&gw, |m| {
+        crate::admin::metric(m, "wasmgate_plugin_calls_total", &[("plugin", "hello")]) == Some(6.0)
+    })
+    .await?;
+    let m = gw.admin_get("/metrics").await?.text();
+    ensure!(
+        crate::admin::metric(&m, "wasmgate_plugin_calls_total", &[("plugin", "one")]) == Some(3.0),
+        "header-one was called outside its declared phase:\n{m}"
+    );
+    Ok(())
+}

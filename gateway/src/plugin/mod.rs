@@ -145,11 +145,14 @@ pub struct PluginResponse {
     pub context: Context,
 }
 
-/// The body phases a plugin asked for in `configure`.
+/// The phases a plugin declared in `configure`; the others are never
+/// called.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BodyPhases {
-    pub request: bool,
-    pub response: bool,
+pub struct Phases {
+    pub request_headers: bool,
+    pub response_headers: bool,
+    pub request_body: bool,
+    pub response_body: bool,
 }
 
 /// What a plugin decided in one phase.
@@ -221,17 +224,17 @@ impl Chain<'_> {
     /// The request-body buffer limit if any plugin of the chain wants the
     /// request body: the smallest `max_body_bytes` among those that do.
     pub fn request_body_limit(&self) -> Option<usize> {
-        self.body_limit(|p| p.request)
+        self.body_limit(|p| p.request_body)
     }
 
     /// Like [`request_body_limit`](Self::request_body_limit), for responses.
     pub fn response_body_limit(&self) -> Option<usize> {
-        self.body_limit(|p| p.response)
+        self.body_limit(|p| p.response_body)
     }
 
-    fn body_limit(&self, wants: impl Fn(BodyPhases) -> bool) -> Option<usize> {
+    fn body_limit(&self, wants: impl Fn(Phases) -> bool) -> Option<usize> {
         self.links()
-            .filter(|l| wants(l.pool.body_phases))
+            .filter(|l| wants(l.pool.phases))
             .map(|l| l.pool.meta.limits.max_body_bytes)
             .min()
     }
@@ -280,7 +283,7 @@ impl Chain<'_> {
     }
 
     /// One phase through the chain: a head phase when `body` is `None`,
-    /// else the body phase (only plugins that asked for it).
+    /// else the body phase; only plugins that declared the phase.
     async fn run<H: ChainHead>(
         &self,
         mut head: H,
@@ -289,7 +292,7 @@ impl Chain<'_> {
     ) -> (H, Option<Bytes>, Outcome) {
         let phase = H::phase(body.is_some());
         for link in self.links() {
-            if body.is_some() && !H::wants_body(link.pool.body_phases) {
+            if !H::wants(link.pool.phases, body.is_some()) {
                 continue;
             }
             let (back, result) = H::call(&link.pool, head, request_id, body.as_deref()).await;
@@ -342,7 +345,9 @@ impl Chain<'_> {
 trait ChainHead: Sized + Send {
     /// The phase's name in log lines.
     fn phase(body: bool) -> &'static str;
-    fn wants_body(phases: BodyPhases) -> bool;
+    /// Whether a plugin with these phases takes part in the head phase
+    /// (`body` false) or the body phase.
+    fn wants(phases: Phases, body: bool) -> bool;
     fn call<'a>(
         pool: &'a InstancePool,
         head: Self,
@@ -359,8 +364,12 @@ impl ChainHead for PluginRequest {
             "request"
         }
     }
-    fn wants_body(phases: BodyPhases) -> bool {
-        phases.request
+    fn wants(phases: Phases, body: bool) -> bool {
+        if body {
+            phases.request_body
+        } else {
+            phases.request_headers
+        }
     }
     fn call<'a>(
         pool: &'a InstancePool,
@@ -380,8 +389,12 @@ impl ChainHead for PluginResponse {
             "response"
         }
     }
-    fn wants_body(phases: BodyPhases) -> bool {
-        phases.response
+    fn wants(phases: Phases, body: bool) -> bool {
+        if body {
+            phases.response_body
+        } else {
+            phases.response_headers
+        }
     }
     fn call<'a>(
         pool: &'a InstancePool,

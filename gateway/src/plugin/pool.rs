@@ -7,7 +7,7 @@ use super::bindings::{wasmgate::plugin::types, Filter, FilterPre};
 use super::engine::{PluginEngine, EPOCH_TICK};
 use super::state::{PluginState, RequestRes, ResponseRes};
 use super::{
-    BodyPhases, Isolation, Outbound, PluginError, PluginMeta, PluginReply, PluginRequest,
+    Isolation, Outbound, Phases, PluginError, PluginMeta, PluginReply, PluginRequest,
     PluginResponse, Verdict,
 };
 use bytes::Bytes;
@@ -22,7 +22,7 @@ struct Instance {
     filter: Filter,
     uses: u64,
     /// What this instance's `configure` asked for.
-    phases: BodyPhases,
+    phases: Phases,
 }
 
 pub struct InstancePool {
@@ -33,9 +33,9 @@ pub struct InstancePool {
     outbound: Arc<dyn Outbound>,
     isolation: Isolation,
     idle: Mutex<Vec<Instance>>,
-    /// The body phases the plugin asked for with this config (from the
-    /// first instance; every instance with the same config must agree).
-    pub body_phases: BodyPhases,
+    /// The phases the plugin declared with this config (from the first
+    /// instance; every instance with the same config must agree).
+    pub phases: Phases,
 }
 
 /// Idle instances kept per pool; more are created under load and dropped
@@ -61,10 +61,10 @@ impl InstancePool {
             outbound,
             isolation,
             idle: Mutex::new(Vec::new()),
-            body_phases: BodyPhases::default(),
+            phases: Phases::default(),
         };
         let first = pool.instantiate().await?;
-        pool.body_phases = first.phases;
+        pool.phases = first.phases;
         pool.checkin(first);
         Ok(Arc::new(pool))
     }
@@ -106,9 +106,11 @@ impl InstancePool {
             store,
             filter,
             uses: 0,
-            phases: BodyPhases {
-                request: phases.contains(types::BodyPhases::REQUEST_BODY),
-                response: phases.contains(types::BodyPhases::RESPONSE_BODY),
+            phases: Phases {
+                request_headers: phases.contains(types::Phases::REQUEST_HEADERS),
+                response_headers: phases.contains(types::Phases::RESPONSE_HEADERS),
+                request_body: phases.contains(types::Phases::REQUEST_BODY),
+                response_body: phases.contains(types::Phases::RESPONSE_BODY),
             },
         })
     }

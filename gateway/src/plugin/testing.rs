@@ -15,7 +15,7 @@
 
 use super::kv::{Kv, MemoryKv};
 use super::{
-    BodyPhases, InstancePool, Isolation, Outbound, OutboundResponse, PluginEngine, PluginError,
+    InstancePool, Isolation, Outbound, OutboundResponse, Phases, PluginEngine, PluginError,
     PluginLimits, PluginMeta, PluginMetrics, PluginReply, PluginRequest, PluginResponse, Verdict,
 };
 use bytes::Bytes;
@@ -231,7 +231,7 @@ impl TestPlugin {
     }
 
     /// The request-body phase with this body (whether or not the plugin
-    /// declared it: see [`body_phases`](Self::body_phases)).
+    /// declared it: see [`phases`](Self::phases)).
     pub async fn on_request_body(
         &self,
         req: TestRequest,
@@ -289,9 +289,10 @@ impl TestPlugin {
         })
     }
 
-    /// The body phases the plugin declared in `configure`.
-    pub fn body_phases(&self) -> BodyPhases {
-        self.pool.body_phases
+    /// The phases the plugin declared in `configure`. The harness calls
+    /// whichever phase a test asks for, declared or not.
+    pub fn phases(&self) -> Phases {
+        self.pool.phases
     }
 
     /// The plugin's key-value store.

@@ -76,7 +76,7 @@ pub mod bindings {
 
 pub use bindings::wasmgate::plugin::host::{HttpResponse, LogLevel};
 pub use bindings::wasmgate::plugin::types::{
-    Action, BodyAction, BodyPhases, Header, Request, Response, ResponseHead,
+    Action, BodyAction, Header, Phases, Request, Response, ResponseHead,
 };
 
 /// The WIT `response` record under an unambiguous name ([`Response`] is the
@@ -93,8 +93,8 @@ pub use serde_json;
 /// The usual imports for a plugin: `use wasmgate_plugin::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        export_plugin, header, http, kv, log, metrics, Action, BodyAction, BodyPhases, LogErr,
-        NoConfig, Plugin, Request, Response, ResponseHead,
+        export_plugin, header, http, kv, log, metrics, Action, BodyAction, LogErr, NoConfig,
+        Phases, Plugin, Request, Response, ResponseHead,
     };
 }
 
@@ -179,18 +179,19 @@ pub trait Plugin: Sized + 'static {
         Action::Continue
     }
 
-    /// The body phases this plugin wants, asked once right after
-    /// [`Plugin::new`]. The default is none: the gateway then never buffers
-    /// a body for this plugin. Return
-    /// `BodyPhases::REQUEST_BODY | BodyPhases::RESPONSE_BODY` (or one of
-    /// them) to get [`Plugin::on_request_body`] / [`Plugin::on_response_body`]
-    /// called with whole bodies, buffered up to the plugin's
-    /// `max_body_bytes`.
-    fn body_phases(&self) -> BodyPhases {
-        BodyPhases::empty()
+    /// The phases this plugin takes part in, asked once right after
+    /// [`Plugin::new`]; the gateway never calls the others. The default is
+    /// both head phases (`REQUEST_HEADERS | RESPONSE_HEADERS`) and no body
+    /// phase. Leave out a head phase the plugin does not need and it costs
+    /// one call per request less; add `REQUEST_BODY` / `RESPONSE_BODY` to
+    /// get [`Plugin::on_request_body`] / [`Plugin::on_response_body`] called
+    /// with whole bodies, buffered up to the plugin's `max_body_bytes` (the
+    /// gateway never buffers a body for a plugin that does not ask).
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS
     }
 
-    /// The request-body phase (if declared in [`Plugin::body_phases`]):
+    /// The request-body phase (if declared in [`Plugin::phases`]):
     /// the whole request body, after every plugin's `on_request`. Return
     /// [`BodyAction::Replace`] to send another body upstream. The default
     /// continues.
@@ -199,7 +200,7 @@ pub trait Plugin: Sized + 'static {
         BodyAction::Continue
     }
 
-    /// The response-body phase (if declared in [`Plugin::body_phases`]):
+    /// The response-body phase (if declared in [`Plugin::phases`]):
     /// the whole response body, after every plugin's `on_response`. The
     /// default continues.
     fn on_response_body(&mut self, resp: &ResponseHead, body: Vec<u8>) -> BodyAction {
@@ -233,7 +234,7 @@ macro_rules! export_plugin {
             impl $crate::bindings::Guest for __WasmgatePluginExport {
                 fn configure(
                     config: ::std::string::String,
-                ) -> ::core::result::Result<$crate::BodyPhases, ::std::string::String> {
+                ) -> ::core::result::Result<$crate::Phases, ::std::string::String> {
                     $crate::__private::configure::<$plugin>(&__WASMGATE_PLUGIN, config)
                 }
 
@@ -267,7 +268,7 @@ macro_rules! export_plugin {
 
 #[doc(hidden)]
 pub mod __private {
-    use super::{Action, BodyAction, BodyPhases, Plugin, Request, ResponseHead};
+    use super::{Action, BodyAction, Phases, Plugin, Request, ResponseHead};
     use std::cell::RefCell;
     use std::thread::LocalKey;
 
@@ -286,13 +287,13 @@ pub mod __private {
     pub fn configure<P: Plugin>(
         slot: &'static LocalKey<Slot<P>>,
         config: String,
-    ) -> Result<BodyPhases, String> {
+    ) -> Result<Phases, String> {
         install_panic_hook();
         // Drop a previous value first, so a failed re-configure cannot leave
         // the old one serving requests.
         slot.with(|s| s.0.borrow_mut().take());
         let plugin = P::from_config_text(&config)?;
-        let phases = plugin.body_phases();
+        let phases = plugin.phases();
         slot.with(|s| *s.0.borrow_mut() = Some(plugin));
         Ok(phases)
     }

@@ -61,13 +61,13 @@ impl Plugin for BodyRewrite {
         Ok(BodyRewrite(config))
     }
 
-    fn body_phases(&self) -> BodyPhases {
-        let mut phases = BodyPhases::empty();
+    fn phases(&self) -> Phases {
+        let mut phases = Phases::empty();
         if !self.0.request.is_empty() || self.0.deny_request_containing.is_some() {
-            phases |= BodyPhases::REQUEST_BODY;
+            phases |= Phases::REQUEST_BODY;
         }
         if !self.0.response.is_empty() {
-            phases |= BodyPhases::RESPONSE_BODY;
+            phases |= Phases::RESPONSE_BODY;
         }
         phases
     }

@@ -38,6 +38,10 @@ impl Plugin for DenyHeader {
         Ok(DenyHeader(config))
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEADERS
+    }
+
     fn on_request(&mut self, req: &Request) -> Action {
         if req.has_header(&self.0.header) {
             Response::new(self.0.status).text(&*self.0.message).into()

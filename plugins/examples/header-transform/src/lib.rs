@@ -17,6 +17,10 @@ struct Rules {
 }
 
 impl Rules {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
     fn check(&self, part: &str) -> Result<(), String> {
         let names = self.set.keys().chain(&self.remove);
         for name in names {
@@ -47,6 +51,17 @@ impl Plugin for HeaderTransform {
         config.request.check("request")?;
         config.response.check("response")?;
         Ok(HeaderTransform(config))
+    }
+
+    fn phases(&self) -> Phases {
+        let mut phases = Phases::empty();
+        if !self.0.request.is_empty() {
+            phases |= Phases::REQUEST_HEADERS;
+        }
+        if !self.0.response.is_empty() {
+            phases |= Phases::RESPONSE_HEADERS;
+        }
+        phases
     }
 
     fn on_request(&mut self, req: &Request) -> Action {

@@ -32,6 +32,10 @@ impl Plugin for KeyAuth {
         Ok(KeyAuth(config))
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEADERS
+    }
+
     fn on_request(&mut self, req: &Request) -> Action {
         let consumer = req
             .header_str(&self.0.header)

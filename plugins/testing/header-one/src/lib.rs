@@ -36,6 +36,10 @@ impl Plugin for HeaderOne {
         Ok(HeaderOne(config))
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEADERS
+    }
+
     fn on_request(&mut self, req: &Request) -> Action {
         let value = req.header(&self.0.read);
         req.set_header(&self.0.write, value.as_deref().unwrap_or(b"none"))
