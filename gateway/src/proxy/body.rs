@@ -1,7 +1,7 @@
 //! Body plumbing: request bodies checked for size and progress while they
 //! stream; response bodies observed for the access log and metrics.
 
-use crate::upstream::BoxError;
+use crate::upstream::{BodyError, BoxError};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -12,27 +12,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
-
-/// Why the gateway stopped reading a request body.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("request body exceeds {0} bytes")]
-    TooLarge(u64),
-    #[error("request body stalled")]
-    Stalled,
-}
-
-/// Finds a [`BodyError`] in an error's source chain.
-pub fn find_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(b) = e.downcast_ref::<BodyError>() {
-            return Some(b);
-        }
-        cur = e.source();
-    }
-    None
-}
 
 pin_project! {
     /// A request body that fails once it passes `limit` bytes or makes no

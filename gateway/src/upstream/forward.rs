@@ -12,7 +12,7 @@
 use super::budget::{backoff, RequestGuard};
 use super::endpoints::ActiveGuard;
 use super::outlier::Outcome;
-use super::{Body, BoxError, Load, SendError, Upstream};
+use super::{find_body_error, Body, BoxError, Load, SendError, Upstream};
 use crate::config::{HashOn, RetryOn, RouteUpstreamPolicy};
 use crate::metrics;
 use bytes::Bytes;
@@ -96,17 +96,10 @@ impl ForwardError {
     }
 }
 
-/// The client's body failed (too large, stalled; the proxy's body errors
-/// say "request body …"): not the upstream's fault, never retried.
+/// The client's body failed (too large, stalled): not the upstream's
+/// fault, never retried.
 fn is_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(e) = cur {
-        if e.to_string().starts_with("request body") {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    find_body_error(e).is_some()
 }
 
 /// Counters held while a request is active (until its response body ends).

@@ -40,6 +40,28 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 type HttpClient = Client<Connector, Body>;
 
+/// Why the gateway stopped reading a client's request body (raised by the
+/// proxy's body wrapper, seen here inside a failed exchange).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error("request body stalled")]
+    Stalled,
+}
+
+/// Finds a [`BodyError`] in an error's source chain.
+pub fn find_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(b) = e.downcast_ref::<BodyError>() {
+            return Some(b);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Why one exchange with an endpoint failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {

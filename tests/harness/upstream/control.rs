@@ -5,6 +5,7 @@
 //! over TLS (with or without client certificates), HTTP/1.1 and HTTP/2
 //! (ALPN or h2c prior knowledge, detected per connection).
 
+use super::http::record;
 use super::{accept_loop, bind, Seen, State};
 use crate::BoxError;
 use anyhow::Result;
@@ -246,26 +247,7 @@ async fn handle(
     state: Arc<State>,
 ) -> Result<Response<RespBody>, BoxError> {
     let health = req.uri().path() == "/health";
-    let seen = Seen {
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        version: format!("{:?}", req.version()),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body_len: 0,
-    };
+    let seen = record(&req);
     state.seen.lock().unwrap().push(seen);
     state.request();
     let mode = if health {
