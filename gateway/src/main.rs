@@ -77,7 +77,9 @@ fn main() -> ExitCode {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    rt.enable_all();
+    // Plugins without async imports run directly on the worker's stack:
+    // room for the wasm stack cap (512 KiB) above the proxy's own frames.
+    rt.enable_all().thread_stack_size(8 << 20);
     let result = rt
         .build()
         .map_err(anyhow::Error::from)

@@ -146,6 +146,14 @@ async fn an_unreachable_in_the_response_phase_is_contained() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_plugin_that_sleeps_is_refused_the_wait() -> Result<()> {
+    let (mut gw, echo) = start("trap", "", r#"{ phase = "request", how = "sleep" }"#).await?;
+    assert_contained(&mut gw, "wait", "request", 500).await?;
+    assert_eq!(echo.count(), 2, "only the /ok requests go upstream");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_spinning_plugin_is_stopped_at_its_cpu_limit() -> Result<()> {
     let (mut gw, echo) = start("spin", r#"cpu_limit = "50ms""#, "{}").await?;
     let took = assert_contained(&mut gw, "deadline", "request", 500).await?;

@@ -24,6 +24,30 @@ async fn harness_runs_both_phases_and_reports_the_plugins_effects() -> Result<()
     Ok(())
 }
 
+/// Plugins are entered directly on the worker thread, the cheap path,
+/// unless they import an async host function: the SDK's plugins (with
+/// `std` and its stdio) are direct; one that makes HTTP calls needs a
+/// fiber, and still works (tests/e2e/plugins.rs calls out through it).
+#[tokio::test]
+async fn plugins_without_async_imports_are_called_directly() -> Result<()> {
+    for (name, config) in [
+        ("hello_header", r#"{"greeting":"hi"}"#),
+        ("noop", "{}"),
+        ("trap", "{}"),
+        ("key_auth", r#"{"keys":{"k":"c"}}"#),
+    ] {
+        let p = TestPlugin::load(plugins::path(name), config)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert!(p.called_directly(), "{name} is entered on a fiber");
+    }
+    let caller = TestPlugin::load(plugins::path("http_caller"), r#"{"upstream":"side"}"#)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(!caller.called_directly(), "http_caller imports http-call");
+    Ok(())
+}
+
 #[tokio::test]
 async fn harness_runs_body_phases() -> Result<()> {
     let config = r#"{"request":[{"from":"a","to":"b"}],"deny_request_containing":"evil"}"#;

@@ -56,6 +56,7 @@ impl PluginEngine {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        direct_wasi_io(&mut linker)?;
         super::bindings::Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -105,6 +106,78 @@ impl PluginEngine {
             )
         })
     }
+}
+
+/// A plugin tried to wait (sleep, or block on a stream that is not ready).
+#[derive(Debug, thiserror::Error)]
+#[error("the plugin tried to wait, which plugins may not do")]
+pub struct WouldWait;
+
+/// The `wasi:io` functions wasmtime-wasi defines as async, redefined as
+/// direct calls: a plugin built with `std` imports them (its stdio goes
+/// through them) and one async import makes wasmtime enter every call of
+/// the plugin on a fiber. A plugin's streams are the empty stdin and the
+/// sink stdout/stderr of its `WasiCtx`, so each of these completes at once;
+/// one that would have to wait (a plugin sleeping on a clock pollable)
+/// traps instead, as a plugin may not wait.
+fn direct_wasi_io(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use futures_util::FutureExt;
+    use wasmtime::component::{Resource, ResourceType};
+    use wasmtime_wasi::p2::bindings::io::poll::HostPollable;
+    use wasmtime_wasi::p2::bindings::io::streams::{
+        self, Host as _, HostInputStream, HostOutputStream,
+    };
+    use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
+    fn would_wait() -> wasmtime::Error {
+        wasmtime::Error::new(WouldWait)
+    }
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance("wasi:io/poll@0.2.12")?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |mut store, (p,): (Resource<DynPollable>,)| {
+            let table = &mut store.data_mut().table;
+            HostPollable::block(table, p)
+                .now_or_never()
+                .unwrap_or_else(|| Err(would_wait()))
+        },
+    )?;
+    let mut io = linker.instance("wasi:io/streams@0.2.12")?;
+    io.func_wrap(
+        "[method]output-stream.blocking-flush",
+        |mut store, (s,): (Resource<DynOutputStream>,)| {
+            let table = &mut store.data_mut().table;
+            let flushed = HostOutputStream::blocking_flush(table, s)
+                .now_or_never()
+                .ok_or_else(would_wait)?;
+            match flushed {
+                Ok(()) => Ok((Ok::<(), streams::StreamError>(()),)),
+                Err(e) => Ok((Err(table.convert_stream_error(e)?),)),
+            }
+        },
+    )?;
+    io.resource(
+        "output-stream",
+        ResourceType::host::<DynOutputStream>(),
+        |mut store, rep| {
+            let table = &mut store.data_mut().table;
+            HostOutputStream::drop(table, Resource::new_own(rep))
+                .now_or_never()
+                .unwrap_or_else(|| Err(would_wait()))
+        },
+    )?;
+    io.resource(
+        "input-stream",
+        ResourceType::host::<DynInputStream>(),
+        |mut store, rep| {
+            let table = &mut store.data_mut().table;
+            HostInputStream::drop(table, Resource::new_own(rep))
+                .now_or_never()
+                .unwrap_or_else(|| Err(would_wait()))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 fn hash(bytes: &[u8]) -> u64 {

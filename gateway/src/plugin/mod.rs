@@ -17,9 +17,10 @@ pub use engine::PluginEngine;
 pub use pool::InstancePool;
 
 use bytes::Bytes;
+use futures_util::future::{BoxFuture, Either, FutureExt};
 use http::{HeaderMap, Method, StatusCode};
 use std::collections::BTreeMap;
-use std::future::Future;
+use std::future::{ready, Future, Ready};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -145,6 +146,36 @@ pub struct PluginResponse {
     pub context: Context,
 }
 
+impl PluginRequest {
+    /// What an instance's request slot holds between calls.
+    fn placeholder() -> PluginRequest {
+        PluginRequest {
+            method: Method::GET,
+            scheme: "http",
+            authority: String::new(),
+            path_and_query: String::new(),
+            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            route: Arc::from(""),
+            headers: HeaderMap::new(),
+            context: Context::new(),
+            path_changed: false,
+            authority_override: None,
+            upstream: None,
+        }
+    }
+}
+
+impl PluginResponse {
+    /// What an instance's response slot holds between calls.
+    fn placeholder() -> PluginResponse {
+        PluginResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            context: Context::new(),
+        }
+    }
+}
+
 /// The phases a plugin declared in `configure`; the others are never
 /// called.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -204,6 +235,10 @@ pub enum Outcome {
     Failed(ChainFailure),
 }
 
+/// A phase of the chain: ready at once, or boxed when a plugin of it must
+/// be entered on a fiber.
+type PhaseFuture<'a, T> = Either<Ready<T>, BoxFuture<'a, T>>;
+
 /// Runs plugins in order; a chain is the global, listener and route links
 /// one after another.
 pub struct Chain<'a> {
@@ -240,72 +275,121 @@ impl Chain<'_> {
     }
 
     /// The request-headers phase of every plugin.
-    pub async fn on_request(
-        &self,
+    pub fn on_request<'a>(
+        &'a self,
         req: PluginRequest,
-        request_id: &str,
-    ) -> (PluginRequest, Outcome) {
-        let (req, _, outcome) = self.run(req, None, request_id).await;
-        (req, outcome)
+        request_id: &'a str,
+    ) -> impl Future<Output = (PluginRequest, Outcome)> + Send + 'a {
+        self.phase(req, None, request_id)
+            .map(|(req, _, o)| (req, o))
     }
 
     /// The response-headers phase of every plugin.
-    pub async fn on_response(
-        &self,
+    pub fn on_response<'a>(
+        &'a self,
         resp: PluginResponse,
-        request_id: &str,
-    ) -> (PluginResponse, Outcome) {
-        let (resp, _, outcome) = self.run(resp, None, request_id).await;
-        (resp, outcome)
+        request_id: &'a str,
+    ) -> impl Future<Output = (PluginResponse, Outcome)> + Send + 'a {
+        self.phase(resp, None, request_id)
+            .map(|(resp, _, o)| (resp, o))
     }
 
     /// The request-body phase of the plugins that asked for it; returns the
     /// body as they left it.
-    pub async fn on_request_body(
-        &self,
+    pub fn on_request_body<'a>(
+        &'a self,
         req: PluginRequest,
         body: Bytes,
-        request_id: &str,
-    ) -> (PluginRequest, Bytes, Outcome) {
-        let (req, body, outcome) = self.run(req, Some(body), request_id).await;
-        (req, body.unwrap_or_default(), outcome)
+        request_id: &'a str,
+    ) -> impl Future<Output = (PluginRequest, Bytes, Outcome)> + Send + 'a {
+        self.phase(req, Some(body), request_id)
+            .map(|(req, body, o)| (req, body.unwrap_or_default(), o))
     }
 
     /// The response-body phase of the plugins that asked for it.
-    pub async fn on_response_body(
-        &self,
+    pub fn on_response_body<'a>(
+        &'a self,
         resp: PluginResponse,
         body: Bytes,
-        request_id: &str,
-    ) -> (PluginResponse, Bytes, Outcome) {
-        let (resp, body, outcome) = self.run(resp, Some(body), request_id).await;
-        (resp, body.unwrap_or_default(), outcome)
+        request_id: &'a str,
+    ) -> impl Future<Output = (PluginResponse, Bytes, Outcome)> + Send + 'a {
+        self.phase(resp, Some(body), request_id)
+            .map(|(resp, body, o)| (resp, body.unwrap_or_default(), o))
     }
 
     /// One phase through the chain: a head phase when `body` is `None`,
-    /// else the body phase; only plugins that declared the phase.
-    async fn run<H: ChainHead>(
-        &self,
+    /// else the body phase; only plugins that declared the phase. When
+    /// every one of them can be called directly (none imports an async
+    /// host function) the phase runs at once, on this thread, and the
+    /// future is ready; otherwise it is a boxed future that enters the
+    /// plugins on fibers.
+    fn phase<'a, H: ChainHead>(
+        &'a self,
         mut head: H,
         mut body: Option<Bytes>,
+        request_id: &'a str,
+    ) -> PhaseFuture<'a, (H, Option<Bytes>, Outcome)> {
+        let with_body = body.is_some();
+        if self.takers::<H>(with_body).all(|l| l.pool.blocking) {
+            let phase = H::phase(with_body);
+            let mut outcome = Outcome::Continue;
+            for link in self.takers::<H>(with_body) {
+                let result = link
+                    .pool
+                    .call_blocking(&mut head, request_id, body.as_deref());
+                if let Some(o) = self.step(link, result, &mut body, request_id, phase) {
+                    outcome = o;
+                    break;
+                }
+            }
+            Either::Left(ready((head, body, outcome)))
+        } else {
+            Either::Right(Box::pin(async move {
+                let outcome = self.run(&mut head, &mut body, request_id).await;
+                (head, body, outcome)
+            }))
+        }
+    }
+
+    /// A phase of a chain in which some plugin must be entered on a fiber.
+    async fn run<H: ChainHead>(
+        &self,
+        head: &mut H,
+        body: &mut Option<Bytes>,
         request_id: &str,
-    ) -> (H, Option<Bytes>, Outcome) {
-        let phase = H::phase(body.is_some());
-        for link in self.links() {
-            if !H::wants(link.pool.phases, body.is_some()) {
-                continue;
-            }
-            let (back, result) = H::call(&link.pool, head, request_id, body.as_deref()).await;
-            head = back;
-            if let Ok(Verdict::Replace(new)) = result {
-                body = Some(new);
-                continue;
-            }
-            if let Some(outcome) = self.settle(link, result, request_id, phase) {
-                return (head, body, outcome);
+    ) -> Outcome {
+        let with_body = body.is_some();
+        let phase = H::phase(with_body);
+        for link in self.takers::<H>(with_body) {
+            let result = link.pool.call(head, request_id, body.as_deref()).await;
+            if let Some(outcome) = self.step(link, result, body, request_id, phase) {
+                return outcome;
             }
         }
-        (head, body, Outcome::Continue)
+        Outcome::Continue
+    }
+
+    /// The links that take part in a phase.
+    fn takers<H: ChainHead>(&self, with_body: bool) -> impl Iterator<Item = &ChainLink> {
+        self.links()
+            .filter(move |l| H::wants(l.pool.phases, with_body))
+    }
+
+    /// After one plugin: takes a replaced body, applies the failure policy;
+    /// `None` means go on to the next plugin.
+    fn step(
+        &self,
+        link: &ChainLink,
+        result: Result<Verdict, PluginError>,
+        body: &mut Option<Bytes>,
+        request_id: &str,
+        phase: &str,
+    ) -> Option<Outcome> {
+        if let Ok(Verdict::Replace(new)) = result {
+            *body = Some(new);
+            return None;
+        }
+        self.settle(link, result, request_id, phase)
     }
 
     /// Applies the failure policy; `None` means go on to the next plugin.
@@ -342,18 +426,12 @@ impl Chain<'_> {
 }
 
 /// A head that goes through the chain: the request's or the response's.
-trait ChainHead: Sized + Send {
+trait ChainHead: pool::Lent {
     /// The phase's name in log lines.
     fn phase(body: bool) -> &'static str;
     /// Whether a plugin with these phases takes part in the head phase
     /// (`body` false) or the body phase.
     fn wants(phases: Phases, body: bool) -> bool;
-    fn call<'a>(
-        pool: &'a InstancePool,
-        head: Self,
-        request_id: &'a str,
-        body: Option<&'a [u8]>,
-    ) -> impl Future<Output = (Self, Result<Verdict, PluginError>)> + Send + 'a;
 }
 
 impl ChainHead for PluginRequest {
@@ -371,14 +449,6 @@ impl ChainHead for PluginRequest {
             phases.request_headers
         }
     }
-    fn call<'a>(
-        pool: &'a InstancePool,
-        head: Self,
-        request_id: &'a str,
-        body: Option<&'a [u8]>,
-    ) -> impl Future<Output = (Self, Result<Verdict, PluginError>)> + Send + 'a {
-        pool.on_request(head, request_id, body)
-    }
 }
 
 impl ChainHead for PluginResponse {
@@ -395,13 +465,5 @@ impl ChainHead for PluginResponse {
         } else {
             phases.response_headers
         }
-    }
-    fn call<'a>(
-        pool: &'a InstancePool,
-        head: Self,
-        request_id: &'a str,
-        body: Option<&'a [u8]>,
-    ) -> impl Future<Output = (Self, Result<Verdict, PluginError>)> + Send + 'a {
-        pool.on_response(head, request_id, body)
     }
 }

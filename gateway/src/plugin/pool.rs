@@ -3,30 +3,48 @@
 //! `max_instance_uses` calls. `isolation = "per-request"` makes a fresh
 //! instance for every call instead.
 
-use super::bindings::{wasmgate::plugin::types, Filter, FilterPre};
-use super::engine::{PluginEngine, EPOCH_TICK};
+use super::bindings::{wasmgate::plugin::types, FilterPre};
+use super::engine::{PluginEngine, WouldWait, EPOCH_TICK};
 use super::state::{PluginState, RequestRes, ResponseRes};
 use super::{
     Isolation, Outbound, Phases, PluginError, PluginMeta, PluginReply, PluginRequest,
     PluginResponse, Verdict,
 };
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderMap, StatusCode};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use wasmtime::component::Resource;
+use wasmtime::component::{
+    ComponentNamedList, Func, InstancePre, Lift, Lower, Resource, TypedFunc,
+};
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
-struct Instance {
+pub(super) struct Instance {
     store: Store<PluginState>,
-    filter: Filter,
+    exports: Exports,
+    /// The table slots the request and response heads are lent through:
+    /// a head is swapped into its slot for a call and back out after it,
+    /// so a call allocates nothing for the head.
+    request_slot: u32,
+    response_slot: u32,
     uses: u64,
     /// What this instance's `configure` asked for.
     phases: Phases,
 }
 
+/// The phase exports of one instance, looked up once.
+pub(super) struct Exports {
+    on_request: TypedFunc<(Resource<RequestRes>,), (types::Action,)>,
+    on_response: TypedFunc<(Resource<ResponseRes>,), (types::Action,)>,
+    /// Typed per call: their `list<u8>` parameter is borrowed.
+    on_request_body: Func,
+    on_response_body: Func,
+}
+
 pub struct InstancePool {
-    pre: FilterPre<PluginState>,
+    pre: InstancePre<PluginState>,
     engine: Arc<PluginEngine>,
     pub meta: Arc<PluginMeta>,
     config: String,
@@ -36,6 +54,10 @@ pub struct InstancePool {
     /// The phases the plugin declared with this config (from the first
     /// instance; every instance with the same config must agree).
     pub phases: Phases,
+    /// Whether the plugin can be called directly on the worker thread:
+    /// true unless it imports an async host function (`http-call`), which
+    /// needs a fiber to suspend on.
+    pub blocking: bool,
 }
 
 /// Idle instances kept per pool; more are created under load and dropped
@@ -54,7 +76,7 @@ impl InstancePool {
         isolation: Isolation,
     ) -> Result<Arc<InstancePool>, PluginError> {
         let mut pool = InstancePool {
-            pre,
+            pre: pre.instance_pre().clone(),
             engine,
             meta,
             config,
@@ -62,14 +84,24 @@ impl InstancePool {
             isolation,
             idle: Mutex::new(Vec::new()),
             phases: Phases::default(),
+            blocking: true,
         };
-        let first = pool.instantiate().await?;
+        // wasmtime refuses a direct instantiation when the plugin imports
+        // an async host function; such a plugin is entered on a fiber.
+        let first = match pool.instantiate::<Blocking>().now_or_never() {
+            Some(Ok(first)) => first,
+            Some(Err(PluginError::Rejected(why))) => return Err(PluginError::Rejected(why)),
+            _ => {
+                pool.blocking = false;
+                pool.instantiate::<OnFiber>().await?
+            }
+        };
         pool.phases = first.phases;
         pool.checkin(first);
         Ok(Arc::new(pool))
     }
 
-    async fn instantiate(&self) -> Result<Instance, PluginError> {
+    async fn instantiate<M: Mode>(&self) -> Result<Instance, PluginError> {
         let limits = &self.meta.limits;
         let state = PluginState {
             table: wasmtime::component::ResourceTable::new(),
@@ -90,21 +122,26 @@ impl InstancePool {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(ticks(limits.cpu));
-        let filter = self
-            .pre
-            .instantiate_async(&mut store)
+        let instance = M::instantiate(&self.pre, &mut store)
             .await
             .map_err(|e| classify(&e, &store))?;
+        let exports = Exports::new(&instance, &mut store).map_err(|e| classify(&e, &store))?;
+        let configure = instance
+            .get_typed_func::<(&str,), (Result<types::Phases, String>,)>(&mut store, "configure")
+            .map_err(|e| classify(&e, &store))?;
         store.set_epoch_deadline(ticks(limits.cpu));
-        let configured = filter
-            .call_configure(&mut store, &self.config)
+        let (configured,) = M::call(configure, &mut store, (self.config.as_str(),))
             .await
             .map_err(|e| classify(&e, &store))?;
         let phases = configured.map_err(PluginError::Rejected)?;
+        let request_slot = lend(&mut store, RequestRes(PluginRequest::placeholder()));
+        let response_slot = lend(&mut store, ResponseRes(PluginResponse::placeholder()));
         self.meta.metrics.instances(&self.meta.name, 1);
         Ok(Instance {
             store,
-            filter,
+            exports,
+            request_slot,
+            response_slot,
             uses: 0,
             phases: Phases {
                 request_headers: phases.contains(types::Phases::REQUEST_HEADERS),
@@ -115,14 +152,14 @@ impl InstancePool {
         })
     }
 
-    async fn checkout(&self) -> Result<Instance, PluginError> {
+    async fn checkout<M: Mode>(&self) -> Result<Instance, PluginError> {
         if self.isolation == Isolation::Reuse {
             let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
             if let Some(i) = idle {
                 return Ok(i);
             }
         }
-        self.instantiate().await
+        self.instantiate::<M>().await
     }
 
     fn checkin(&self, mut inst: Instance) {
@@ -150,33 +187,11 @@ impl InstancePool {
     /// carry on with it.
     pub async fn on_request(
         &self,
-        req: PluginRequest,
+        mut req: PluginRequest,
         request_id: &str,
         body: Option<&[u8]>,
     ) -> (PluginRequest, Result<Verdict, PluginError>) {
-        let mut inst = match self.checkout().await {
-            Ok(i) => i,
-            Err(e) => return (req, Err(e)),
-        };
-        let started = Instant::now();
-        prepare_call(&mut inst, request_id, self.meta.limits.cpu);
-        let rep = lend(&mut inst, RequestRes(req));
-        // Lent to the guest as a borrow: passing the owning handle would
-        // leave one store handle behind per call.
-        let lent = Resource::new_borrow(rep);
-        let outcome = match body {
-            None => inst
-                .filter
-                .call_on_request(&mut inst.store, lent)
-                .await
-                .map(Raw::from),
-            Some(b) => (inst.filter)
-                .call_on_request_body(&mut inst.store, lent, b)
-                .await
-                .map(Raw::from),
-        };
-        let req = reclaim::<RequestRes>(&mut inst, rep).0;
-        let result = self.finish(inst, outcome, started);
+        let result = self.call(&mut req, request_id, body).await;
         (req, result)
     }
 
@@ -184,32 +199,76 @@ impl InstancePool {
     /// phase.
     pub async fn on_response(
         &self,
-        resp: PluginResponse,
+        mut resp: PluginResponse,
         request_id: &str,
         body: Option<&[u8]>,
     ) -> (PluginResponse, Result<Verdict, PluginError>) {
-        let mut inst = match self.checkout().await {
-            Ok(i) => i,
-            Err(e) => return (resp, Err(e)),
-        };
+        let result = self.call(&mut resp, request_id, body).await;
+        (resp, result)
+    }
+
+    /// One phase of this plugin on `head`, changed in place: the head
+    /// phase, or with `body` the body phase.
+    pub(super) async fn call<H: Lent>(
+        &self,
+        head: &mut H,
+        request_id: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Verdict, PluginError> {
+        if self.blocking {
+            self.call_blocking(head, request_id, body)
+        } else {
+            self.call_in::<H, OnFiber>(head, request_id, body).await
+        }
+    }
+
+    /// Like [`call`](Self::call) for a `blocking` plugin, without a
+    /// future: the call runs on this thread, bounded by the CPU deadline.
+    pub(super) fn call_blocking<H: Lent>(
+        &self,
+        head: &mut H,
+        request_id: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Verdict, PluginError> {
+        // Every step of a blocking call is ready at once.
+        self.call_in::<H, Blocking>(head, request_id, body)
+            .now_or_never()
+            .unwrap_or_else(|| {
+                Err(PluginError::Trap {
+                    kind: "error",
+                    detail: "a blocking plugin call did not complete".into(),
+                })
+            })
+    }
+
+    async fn call_in<H: Lent, M: Mode>(
+        &self,
+        head: &mut H,
+        request_id: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Verdict, PluginError> {
+        let mut inst = self.checkout::<M>().await?;
         let started = Instant::now();
         prepare_call(&mut inst, request_id, self.meta.limits.cpu);
-        let rep = lend(&mut inst, ResponseRes(resp));
-        let lent = Resource::new_borrow(rep);
+        let slot = H::slot(&inst);
+        H::swap(&mut inst.store, slot, head);
+        let lent = Resource::<H::Res>::new_borrow(slot);
         let outcome = match body {
-            None => inst
-                .filter
-                .call_on_response(&mut inst.store, lent)
+            None => M::call(H::head_export(&inst.exports), &mut inst.store, (lent,))
                 .await
-                .map(Raw::from),
-            Some(b) => (inst.filter)
-                .call_on_response_body(&mut inst.store, lent, b)
-                .await
-                .map(Raw::from),
+                .map(|(a,)| Raw::from(a)),
+            Some(b) => {
+                let f = H::body_export(&inst.exports);
+                match f.typed::<(Resource<H::Res>, &[u8]), (types::BodyAction,)>(&inst.store) {
+                    Ok(f) => M::call(f, &mut inst.store, (lent, b))
+                        .await
+                        .map(|(a,)| Raw::from(a)),
+                    Err(e) => Err(e),
+                }
+            }
         };
-        let resp = reclaim::<ResponseRes>(&mut inst, rep).0;
-        let result = self.finish(inst, outcome, started);
-        (resp, result)
+        H::swap(&mut inst.store, slot, head);
+        self.finish(inst, outcome, started)
     }
 
     fn finish(
@@ -235,6 +294,146 @@ impl InstancePool {
             Err(_) => self.discard(inst),
         }
         result
+    }
+}
+
+impl Exports {
+    fn new(
+        instance: &wasmtime::component::Instance,
+        store: &mut Store<PluginState>,
+    ) -> wasmtime::Result<Exports> {
+        let func = |store: &mut Store<PluginState>, name: &str| {
+            instance
+                .get_func(&mut *store, name)
+                .ok_or_else(|| wasmtime::format_err!("no export `{name}`"))
+        };
+        Ok(Exports {
+            on_request: instance.get_typed_func(&mut *store, "on-request")?,
+            on_response: instance.get_typed_func(&mut *store, "on-response")?,
+            on_request_body: func(store, "on-request-body")?,
+            on_response_body: func(store, "on-response-body")?,
+        })
+    }
+}
+
+/// How the host enters a plugin: directly on the worker thread, or on a
+/// fiber, which wasmtime needs for plugins that import async host
+/// functions. Both trap at the CPU deadline; neither yields.
+trait Mode {
+    fn instantiate(
+        pre: &InstancePre<PluginState>,
+        store: &mut Store<PluginState>,
+    ) -> impl Future<Output = wasmtime::Result<wasmtime::component::Instance>> + Send;
+    fn call<P, R>(
+        f: TypedFunc<P, R>,
+        store: &mut Store<PluginState>,
+        params: P,
+    ) -> impl Future<Output = wasmtime::Result<R>> + Send
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static;
+}
+
+/// Direct calls: the futures are ready when made.
+struct Blocking;
+
+impl Mode for Blocking {
+    fn instantiate(
+        pre: &InstancePre<PluginState>,
+        store: &mut Store<PluginState>,
+    ) -> impl Future<Output = wasmtime::Result<wasmtime::component::Instance>> + Send {
+        std::future::ready(pre.instantiate(store))
+    }
+    fn call<P, R>(
+        f: TypedFunc<P, R>,
+        store: &mut Store<PluginState>,
+        params: P,
+    ) -> impl Future<Output = wasmtime::Result<R>> + Send
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
+        std::future::ready(f.call(store, params))
+    }
+}
+
+/// Calls on a fiber, for plugins with async imports.
+struct OnFiber;
+
+impl Mode for OnFiber {
+    fn instantiate(
+        pre: &InstancePre<PluginState>,
+        store: &mut Store<PluginState>,
+    ) -> impl Future<Output = wasmtime::Result<wasmtime::component::Instance>> + Send {
+        pre.instantiate_async(store)
+    }
+    async fn call<P, R>(
+        f: TypedFunc<P, R>,
+        store: &mut Store<PluginState>,
+        params: P,
+    ) -> wasmtime::Result<R>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
+        f.call_async(store, params).await
+    }
+}
+
+/// A head lent to plugins through a table slot: the request's or the
+/// response's.
+pub(super) trait Lent: Sized + Send + 'static {
+    type Res: Send + 'static;
+    fn slot(inst: &Instance) -> u32;
+    /// Swaps `head` with the one in the slot.
+    fn swap(store: &mut Store<PluginState>, slot: u32, head: &mut Self);
+    fn head_export(e: &Exports) -> TypedFunc<(Resource<Self::Res>,), (types::Action,)>;
+    fn body_export(e: &Exports) -> &Func;
+}
+
+impl Lent for PluginRequest {
+    type Res = RequestRes;
+    fn slot(inst: &Instance) -> u32 {
+        inst.request_slot
+    }
+    fn swap(store: &mut Store<PluginState>, slot: u32, head: &mut Self) {
+        match store
+            .data_mut()
+            .table
+            .get_mut(&Resource::<RequestRes>::new_own(slot))
+        {
+            Ok(lent) => std::mem::swap(&mut lent.0, head),
+            Err(e) => unreachable_table(e),
+        }
+    }
+    fn head_export(e: &Exports) -> TypedFunc<(Resource<RequestRes>,), (types::Action,)> {
+        e.on_request
+    }
+    fn body_export(e: &Exports) -> &Func {
+        &e.on_request_body
+    }
+}
+
+impl Lent for PluginResponse {
+    type Res = ResponseRes;
+    fn slot(inst: &Instance) -> u32 {
+        inst.response_slot
+    }
+    fn swap(store: &mut Store<PluginState>, slot: u32, head: &mut Self) {
+        match store
+            .data_mut()
+            .table
+            .get_mut(&Resource::<ResponseRes>::new_own(slot))
+        {
+            Ok(lent) => std::mem::swap(&mut lent.0, head),
+            Err(e) => unreachable_table(e),
+        }
+    }
+    fn head_export(e: &Exports) -> TypedFunc<(Resource<ResponseRes>,), (types::Action,)> {
+        e.on_response
+    }
+    fn body_export(e: &Exports) -> &Func {
+        &e.on_response_body
     }
 }
 
@@ -264,23 +463,11 @@ impl From<types::BodyAction> for Raw {
     }
 }
 
-/// Puts a head into the store's resource table for the guest to borrow.
-fn lend<T: Send + 'static>(inst: &mut Instance, head: T) -> u32 {
-    match inst.store.data_mut().table.push(head) {
+/// Puts a head into the store's resource table, as the slot it is lent
+/// through.
+fn lend<T: Send + 'static>(store: &mut Store<PluginState>, head: T) -> u32 {
+    match store.data_mut().table.push(head) {
         Ok(r) => r.rep(),
-        Err(e) => unreachable_table(e),
-    }
-}
-
-/// Takes a lent head back out of the resource table.
-fn reclaim<T: 'static>(inst: &mut Instance, rep: u32) -> T {
-    match inst
-        .store
-        .data_mut()
-        .table
-        .delete(Resource::<T>::new_own(rep))
-    {
-        Ok(head) => head,
         Err(e) => unreachable_table(e),
     }
 }
@@ -337,6 +524,12 @@ fn classify(e: &wasmtime::Error, store: &Store<PluginState>) -> PluginError {
         return PluginError::OutputTooLarge;
     }
     let text = format!("{e:#}");
+    if e.downcast_ref::<WouldWait>().is_some() {
+        return PluginError::Trap {
+            kind: "wait",
+            detail: text,
+        };
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginError::Trap {
             kind: "deadline",

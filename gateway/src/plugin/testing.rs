@@ -295,6 +295,13 @@ impl TestPlugin {
         self.pool.phases
     }
 
+    /// Whether the gateway calls this plugin directly on the worker thread
+    /// (the fast path) rather than on a fiber: true unless the plugin
+    /// imports an async host function (`http-call`).
+    pub fn called_directly(&self) -> bool {
+        self.pool.blocking
+    }
+
     /// The plugin's key-value store.
     pub fn kv(&self) -> &dyn Kv {
         &*self.kv

@@ -321,10 +321,10 @@ async fn proxy(
             authority_override: None,
             upstream: None,
         };
-        // Boxed: plugin call futures are large, and requests on routes
-        // without plugins should not carry their size.
+        // The chain's futures are ready at once, or boxed when a plugin
+        // must be entered on a fiber: this future stays small either way.
         let request_id = access.request_id.to_str().unwrap_or("-");
-        let (mut preq, mut outcome) = Box::pin(chain.on_request(preq, request_id)).await;
+        let (mut preq, mut outcome) = chain.on_request(preq, request_id).await;
         let limit = chain.request_body_limit();
         if let (Outcome::Continue, Some(limit), false) = (&outcome, limit, upgrade) {
             body = match body {
@@ -337,8 +337,7 @@ async fn proxy(
                             return Err(e);
                         }
                     };
-                    let (back, new, o) =
-                        Box::pin(chain.on_request_body(preq, data, request_id)).await;
+                    let (back, new, o) = chain.on_request_body(preq, data, request_id).await;
                     (preq, outcome) = (back, o);
                     RequestBody::Buffered(new)
                 }
@@ -391,7 +390,7 @@ async fn proxy(
             context: std::mem::take(&mut access.context),
         };
         let request_id = access.request_id.to_str().unwrap_or("-");
-        let (mut presp, mut outcome) = Box::pin(chain.on_response(presp, request_id)).await;
+        let (mut presp, mut outcome) = chain.on_response(presp, request_id).await;
         let limit = chain.response_body_limit();
         if let (Outcome::Continue, Some(limit)) = (&outcome, limit) {
             if response_has_body(&access.method, presp.status) {
@@ -402,8 +401,7 @@ async fn proxy(
                         return Err(e);
                     }
                 };
-                let (back, new, o) =
-                    Box::pin(chain.on_response_body(presp, data, request_id)).await;
+                let (back, new, o) = chain.on_response_body(presp, data, request_id).await;
                 (presp, outcome) = (back, o);
                 set_content_length(&mut presp.headers, new.len());
                 body = buffered_body(new, trailers);

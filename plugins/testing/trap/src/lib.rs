@@ -1,9 +1,10 @@
 //! `trap` (test plugin): traps in one phase.
 //!
-//! Config: `{ "phase": "request" | "response" | "configure", "how": "panic" | "unreachable" }`
+//! Config: `{ "phase": "request" | "response" | "configure", "how": "panic" | "unreachable" | "sleep" }`
 //! (defaults: `request`, `panic`). `panic` prints a message (and logs it
 //! through the host) before aborting; `unreachable` executes the wasm
-//! `unreachable` instruction directly.
+//! `unreachable` instruction directly; `sleep` sleeps 5 ms (which the host
+//! refuses: plugins may not wait), then panics if it was let through.
 
 use serde::Deserialize;
 use wasmgate_plugin::prelude::*;
@@ -23,6 +24,7 @@ enum How {
     #[default]
     Panic,
     Unreachable,
+    Sleep,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +50,10 @@ fn trap(how: How, phase: Phase) -> ! {
     match how {
         How::Panic => panic!("trap plugin: deliberate panic in the {} phase", name(phase)),
         How::Unreachable => unreachable_instruction(),
+        How::Sleep => {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            panic!("trap plugin: the host let the plugin sleep")
+        }
     }
 }
 
