@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# What one plugin adds to a request's CPU inside the gateway, end to end.
+#
+# One gateway (pinned to CPU 0, one thread) serves direct-response routes
+# (no upstream, so only the gateway's own work is measured):
+#   /plain  no plugins
+#   /noop   the noop test plugin, both head phases (call overhead alone)
+#   /one    header-one: request phase only, reads a header and sets one
+#   /three  key-auth -> rate-limit -> header-transform (5 calls)
+# wrk -t1 -cCONNS on CPU 1 loads one route at a time. The routes take turns
+# within each round (plain, noop, one, three, plain, ...), so noise from the
+# machine falls on all of them alike, and the figure reported for a plugin
+# route is the median over rounds of its difference to /plain *in the same
+# round*: CPU µs per request of the gateway process (utime + stime from
+# /proc/PID/stat), which is what the plugin path adds, kernel included.
+#
+# Environment: ROUNDS=9, DURATION=3 (seconds per route and round), CONNS=50,
+# NO_BUILD=1 (skip the release build), RESULTS (default
+# bench/results/plugin_cost.md). Needs wrk, curl, taskset, python3 and the
+# plugins built (cd plugins && cargo build --release --target wasm32-wasip2).
+set -euo pipefail
+
+ROUNDS="${ROUNDS:-9}"
+DURATION="${DURATION:-3}"
+CONNS="${CONNS:-50}"
+NO_BUILD="${NO_BUILD:-0}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RESULTS="${RESULTS:-$ROOT/bench/results/plugin_cost.md}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
+WASM="$ROOT/plugins/target/wasm32-wasip2/release"
+
+log() { printf '[plugin-cost] %s\n' "$*" >&2; }
+die() { printf '[plugin-cost] error: %s\n' "$*" >&2; exit 1; }
+
+for v in ROUNDS DURATION CONNS; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+[ "$(nproc)" -ge 2 ] || die "need at least 2 CPUs"
+for b in wrk curl taskset python3; do
+    command -v "$b" >/dev/null 2>&1 || die "$b missing (bench/run.sh installs wrk and curl)"
+done
+if [ "$NO_BUILD" != 1 ]; then
+    log "building the plugins and the release gateway"
+    (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2) >&2
+    (cd "$ROOT" && cargo build --release -p wasmgate) >&2
+fi
+[ -x "$WASMGATE_BIN" ] || die "no binary at $WASMGATE_BIN"
+for p in noop header_one key_auth rate_limit header_transform; do
+    [ -f "$WASM/$p.wasm" ] || die "no $WASM/$p.wasm: build the plugins first"
+done
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-plugin-cost.XXXXXX")"
+GW=""
+cleanup() {
+    [ -n "$GW" ] && kill "$GW" 2>/dev/null && wait "$GW" 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# A free port for the listener (the gateway reports none for a fixed one).
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+cat >"$TMP/gw.toml" <<EOF
+[admin]
+address = "127.0.0.1:0"
+
+[log]
+access_log = false
+level = "warn"
+
+[[listeners]]
+name = "main"
+address = "127.0.0.1:$PORT"
+
+[[plugins]]
+name = "noop"
+path = "$WASM/noop.wasm"
+
+[[plugins]]
+name = "one"
+path = "$WASM/header_one.wasm"
+
+[[plugins]]
+name = "key-auth"
+path = "$WASM/key_auth.wasm"
+
+[[plugins]]
+name = "rate-limit"
+path = "$WASM/rate_limit.wasm"
+
+[[plugins]]
+name = "header-transform"
+path = "$WASM/header_transform.wasm"
+EOF
+for route in plain noop one three; do
+    case "$route" in
+        plain) chain="[]" ;;
+        noop) chain='[{ plugin = "noop" }]' ;;
+        one) chain='[{ plugin = "one" }]' ;;
+        three) chain='[
+  { plugin = "key-auth", config = { header = "x-api-key", keys = { bench-key = "bench" } } },
+  { plugin = "rate-limit", config = { limit = 1000000000, window_ms = 60000, key = "consumer" } },
+  { plugin = "header-transform", config = { request = { set = { x-bench = "1" } }, response = { remove = ["server"] } } },
+]' ;;
+    esac
+    cat >>"$TMP/gw.toml" <<EOF
+
+[[routes]]
+name = "$route"
+path = "/$route"
+plugins = $chain
+[routes.direct_response]
+status = 200
+body = "ok"
+EOF
+done
+
+taskset -c 0 "$WASMGATE_BIN" run --config "$TMP/gw.toml" --threads 1 >"$TMP/gw.out" 2>"$TMP/gw.err" &
+GW=$!
+for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$PORT/plain" && break
+    kill -0 "$GW" 2>/dev/null || die "the gateway exited: $(cat "$TMP/gw.err")"
+    sleep 0.1
+done
+HDR=(-H "x-bench-in: v" -H "x-api-key: bench-key")
+for route in plain noop one three; do
+    code="$(curl -s -o /dev/null -w '%{http_code}' "${HDR[@]}" "http://127.0.0.1:$PORT/$route")"
+    [ "$code" = 200 ] || die "/$route answered $code"
+    taskset -c 1 wrk -t1 -c"$CONNS" -d1s "${HDR[@]}" "http://127.0.0.1:$PORT/$route" >/dev/null
+done
+
+log "$ROUNDS rounds x 4 routes x ${DURATION}s"
+: >"$TMP/raw"
+for r in $(seq 1 "$ROUNDS"); do
+    for route in plain noop one three; do
+        read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$GW/stat")
+        out="$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "${HDR[@]}" "http://127.0.0.1:$PORT/$route")"
+        read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$GW/stat")
+        n="$(awk '/requests in/ {print $1}' <<<"$out")"
+        echo "$r $route $n $((u1 - u0)) $((s1 - s0))" >>"$TMP/raw"
+    done
+done
+
+python3 - "$TMP/raw" "$(getconf CLK_TCK)" "$ROUNDS" "$DURATION" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" >"$RESULTS" <<'PY'
+import sys, statistics as st, datetime
+raw, tck, rounds, dur, rev = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+d = {}
+for line in open(raw):
+    r, route, n, u, s = line.split()
+    d[(r, route)] = (int(n), (int(u) + int(s)) * 1e6 / tck / int(n))
+rs = sorted({r for r, _ in d}, key=int)
+names = {"plain": "no plugins", "noop": "noop, both head phases (2 calls)",
+         "one": "header-one, request phase (1 call, 2 host calls)",
+         "three": "key-auth → rate-limit → header-transform (5 calls)"}
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+print(f"## What a plugin adds per request (bench/plugin_cost.sh)\n")
+print(f"- date: {now}; wasmgate {rev}; {rounds} rounds × 4 routes × {dur} s, routes interleaved in each round")
+print("- CPU µs/req: the gateway process's utime + stime ÷ requests; added = the route's figure minus /plain's in the same round\n")
+print("| route | req/s (median) | CPU µs/req (median) | added µs/req: median | added: min … max over rounds |")
+print("|---|---|---|---|---|")
+for route in ["plain", "noop", "one", "three"]:
+    rate = st.median(d[(r, route)][0] / float(dur) for r in rs)
+    cpu = [d[(r, route)][1] for r in rs]
+    if route == "plain":
+        print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | – | – |")
+        continue
+    added = [d[(r, route)][1] - d[(r, "plain")][1] for r in rs]
+    print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | {st.median(added):+.1f} | {min(added):+.1f} … {max(added):+.1f} |")
+PY
+cat "$RESULTS"
+log "written to $RESULTS"
