@@ -252,6 +252,12 @@ impl Chain<'_> {
         self.parts.iter().all(|p| p.is_empty())
     }
 
+    /// Whether a plugin of the chain takes part in a response phase.
+    pub fn takes_response(&self) -> bool {
+        self.links()
+            .any(|l| l.pool.phases.response_headers || l.pool.phases.response_body)
+    }
+
     fn links(&self) -> impl Iterator<Item = &ChainLink> {
         self.parts.iter().flat_map(|p| p.iter())
     }

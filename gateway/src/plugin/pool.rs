@@ -182,33 +182,9 @@ impl InstancePool {
         self.meta.metrics.instances(&self.meta.name, -1);
     }
 
-    /// Runs the request-headers phase, or with `body` the request-body
-    /// phase. The request always comes back, so a fail-open policy can
-    /// carry on with it.
-    pub async fn on_request(
-        &self,
-        mut req: PluginRequest,
-        request_id: &str,
-        body: Option<&[u8]>,
-    ) -> (PluginRequest, Result<Verdict, PluginError>) {
-        let result = self.call(&mut req, request_id, body).await;
-        (req, result)
-    }
-
-    /// Runs the response-headers phase, or with `body` the response-body
-    /// phase.
-    pub async fn on_response(
-        &self,
-        mut resp: PluginResponse,
-        request_id: &str,
-        body: Option<&[u8]>,
-    ) -> (PluginResponse, Result<Verdict, PluginError>) {
-        let result = self.call(&mut resp, request_id, body).await;
-        (resp, result)
-    }
-
     /// One phase of this plugin on `head`, changed in place: the head
-    /// phase, or with `body` the body phase.
+    /// phase, or with `body` the body phase. The head always comes back,
+    /// so a fail-open policy can carry on with it.
     pub(super) async fn call<H: Lent>(
         &self,
         head: &mut H,
@@ -383,12 +359,22 @@ impl Mode for OnFiber {
 /// A head lent to plugins through a table slot: the request's or the
 /// response's.
 pub(super) trait Lent: Sized + Send + 'static {
+    /// The table entry the head is lent in.
     type Res: Send + 'static;
     fn slot(inst: &Instance) -> u32;
-    /// Swaps `head` with the one in the slot.
-    fn swap(store: &mut Store<PluginState>, slot: u32, head: &mut Self);
+    /// The head inside its table entry.
+    fn held(res: &mut Self::Res) -> &mut Self;
     fn head_export(e: &Exports) -> TypedFunc<(Resource<Self::Res>,), (types::Action,)>;
     fn body_export(e: &Exports) -> &Func;
+
+    /// Swaps `head` with the one in the slot.
+    fn swap(store: &mut Store<PluginState>, slot: u32, head: &mut Self) {
+        let table = &mut store.data_mut().table;
+        match table.get_mut(&Resource::<Self::Res>::new_own(slot)) {
+            Ok(lent) => std::mem::swap(Self::held(lent), head),
+            Err(e) => unreachable_table(e),
+        }
+    }
 }
 
 impl Lent for PluginRequest {
@@ -396,15 +382,8 @@ impl Lent for PluginRequest {
     fn slot(inst: &Instance) -> u32 {
         inst.request_slot
     }
-    fn swap(store: &mut Store<PluginState>, slot: u32, head: &mut Self) {
-        match store
-            .data_mut()
-            .table
-            .get_mut(&Resource::<RequestRes>::new_own(slot))
-        {
-            Ok(lent) => std::mem::swap(&mut lent.0, head),
-            Err(e) => unreachable_table(e),
-        }
+    fn held(res: &mut RequestRes) -> &mut Self {
+        &mut res.0
     }
     fn head_export(e: &Exports) -> TypedFunc<(Resource<RequestRes>,), (types::Action,)> {
         e.on_request
@@ -419,15 +398,8 @@ impl Lent for PluginResponse {
     fn slot(inst: &Instance) -> u32 {
         inst.response_slot
     }
-    fn swap(store: &mut Store<PluginState>, slot: u32, head: &mut Self) {
-        match store
-            .data_mut()
-            .table
-            .get_mut(&Resource::<ResponseRes>::new_own(slot))
-        {
-            Ok(lent) => std::mem::swap(&mut lent.0, head),
-            Err(e) => unreachable_table(e),
-        }
+    fn held(res: &mut ResponseRes) -> &mut Self {
+        &mut res.0
     }
     fn head_export(e: &Exports) -> TypedFunc<(Resource<ResponseRes>,), (types::Action,)> {
         e.on_response

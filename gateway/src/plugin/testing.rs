@@ -245,7 +245,8 @@ impl TestPlugin {
         req: TestRequest,
         body: Option<&[u8]>,
     ) -> Result<RequestRun, PluginError> {
-        let (request, result) = self.pool.on_request(req.0, "test", body).await;
+        let mut request = req.0;
+        let result = self.pool.call(&mut request, "test", body).await;
         let (reply, body) = split(result?);
         Ok(RequestRun {
             request,
@@ -277,10 +278,10 @@ impl TestPlugin {
 
     async fn response_phase(
         &self,
-        resp: PluginResponse,
+        mut response: PluginResponse,
         body: Option<&[u8]>,
     ) -> Result<ResponseRun, PluginError> {
-        let (response, result) = self.pool.on_response(resp, "test", body).await;
+        let result = self.pool.call(&mut response, "test", body).await;
         let (reply, body) = split(result?);
         Ok(ResponseRun {
             response,

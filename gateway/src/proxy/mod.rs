@@ -382,7 +382,7 @@ async fn proxy(
     route.response_headers.apply(resp.headers_mut());
 
     // Phase 7: response plugins (heads, then the body if one asked for it).
-    if !chain.is_empty() {
+    if chain.takes_response() {
         let (mut head, mut body) = resp.into_parts();
         let presp = PluginResponse {
             status: head.status,
@@ -457,10 +457,9 @@ fn response_has_body(method: &http::Method, status: StatusCode) -> bool {
 /// Buffers the response body for the plugins, keeping its trailers; 502
 /// beyond `limit`.
 async fn read_response_body(
-    body: Body,
+    mut body: Body,
     limit: usize,
 ) -> Result<(Bytes, Option<http::HeaderMap>), ProxyError> {
-    let mut body = body;
     let mut data = bytes::BytesMut::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
