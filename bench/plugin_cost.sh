@@ -6,9 +6,11 @@
 #   /plain  no plugins
 #   /noop   the noop test plugin, both head phases (call overhead alone)
 #   /one    header-one: request phase only, reads a header and sets one
+#   /both   header-transform: sets a request header, removes a response
+#           header (both head phases, one host call in each)
 #   /three  key-auth -> rate-limit -> header-transform (5 calls)
 # wrk -t1 -cCONNS on CPU 1 loads one route at a time. The routes take turns
-# within each round (plain, noop, one, three, plain, ...), so noise from the
+# within each round (plain, noop, one, both, three, plain, ...), so noise from the
 # machine falls on all of them alike, and the figure reported for a plugin
 # route is the median over rounds of its difference to /plain *in the same
 # round*: CPU µs per request of the gateway process (utime + stime from
@@ -93,11 +95,13 @@ path = "$WASM/rate_limit.wasm"
 name = "header-transform"
 path = "$WASM/header_transform.wasm"
 EOF
-for route in plain noop one three; do
+ROUTES="plain noop one both three"
+for route in $ROUTES; do
     case "$route" in
         plain) chain="[]" ;;
         noop) chain='[{ plugin = "noop" }]' ;;
         one) chain='[{ plugin = "one" }]' ;;
+        both) chain='[{ plugin = "header-transform", config = { request = { set = { x-bench = "1" } }, response = { remove = ["server"] } } }]' ;;
         three) chain='[
   { plugin = "key-auth", config = { header = "x-api-key", keys = { bench-key = "bench" } } },
   { plugin = "rate-limit", config = { limit = 1000000000, window_ms = 60000, key = "consumer" } },
@@ -124,16 +128,16 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 HDR=(-H "x-bench-in: v" -H "x-api-key: bench-key")
-for route in plain noop one three; do
+for route in $ROUTES; do
     code="$(curl -s -o /dev/null -w '%{http_code}' "${HDR[@]}" "http://127.0.0.1:$PORT/$route")"
     [ "$code" = 200 ] || die "/$route answered $code"
     taskset -c 1 wrk -t1 -c"$CONNS" -d1s "${HDR[@]}" "http://127.0.0.1:$PORT/$route" >/dev/null
 done
 
-log "$ROUNDS rounds x 4 routes x ${DURATION}s"
+log "$ROUNDS rounds x 5 routes x ${DURATION}s"
 : >"$TMP/raw"
 for r in $(seq 1 "$ROUNDS"); do
-    for route in plain noop one three; do
+    for route in $ROUTES; do
         read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$GW/stat")
         out="$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "${HDR[@]}" "http://127.0.0.1:$PORT/$route")"
         read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$GW/stat")
@@ -148,25 +152,27 @@ raw, tck, rounds, dur, rev = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.arg
 d = {}
 for line in open(raw):
     r, route, n, u, s = line.split()
-    d[(r, route)] = (int(n), (int(u) + int(s)) * 1e6 / tck / int(n))
+    d[(r, route)] = (int(n), (int(u) + int(s)) * 1e6 / tck / int(n), int(s) * 1e6 / tck / int(n))
 rs = sorted({r for r, _ in d}, key=int)
 names = {"plain": "no plugins", "noop": "noop, both head phases (2 calls)",
          "one": "header-one, request phase (1 call, 2 host calls)",
+         "both": "header-transform, both head phases (2 calls, 1 host call each)",
          "three": "key-auth → rate-limit → header-transform (5 calls)"}
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 print(f"## What a plugin adds per request (bench/plugin_cost.sh)\n")
-print(f"- date: {now}; wasmgate {rev}; {rounds} rounds × 4 routes × {dur} s, routes interleaved in each round")
+print(f"- date: {now}; wasmgate {rev}; {rounds} rounds × 5 routes × {dur} s, routes interleaved in each round")
 print("- CPU µs/req: the gateway process's utime + stime ÷ requests; added = the route's figure minus /plain's in the same round\n")
-print("| route | req/s (median) | CPU µs/req (median) | added µs/req: median | added: min … max over rounds |")
-print("|---|---|---|---|---|")
-for route in ["plain", "noop", "one", "three"]:
+print("| route | req/s (median) | CPU µs/req (median) | added µs/req: median | added: min … max over rounds | of the added: kernel (stime), median |")
+print("|---|---|---|---|---|---|")
+for route in ["plain", "noop", "one", "both", "three"]:
     rate = st.median(d[(r, route)][0] / float(dur) for r in rs)
     cpu = [d[(r, route)][1] for r in rs]
     if route == "plain":
-        print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | – | – |")
+        print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | – | – | – |")
         continue
     added = [d[(r, route)][1] - d[(r, "plain")][1] for r in rs]
-    print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | {st.median(added):+.1f} | {min(added):+.1f} … {max(added):+.1f} |")
+    kernel = st.median(d[(r, route)][2] - d[(r, "plain")][2] for r in rs)
+    print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | {st.median(added):+.1f} | {min(added):+.1f} … {max(added):+.1f} | {kernel:+.1f} |")
 PY
 cat "$RESULTS"
 log "written to $RESULTS"

@@ -303,6 +303,13 @@ impl TestPlugin {
         self.pool.blocking
     }
 
+    /// The instance pool behind the harness, to put the plugin in a
+    /// [`Chain`](super::Chain) as the gateway does (the `plugin_call`
+    /// benchmark does).
+    pub fn pool(&self) -> &Arc<InstancePool> {
+        &self.pool
+    }
+
     /// The plugin's key-value store.
     pub fn kv(&self) -> &dyn Kv {
         &*self.kv
