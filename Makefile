@@ -2,7 +2,7 @@
 #   make run    run the gateway on the bundled example config
 #   make test   run the whole test suite (what CI runs)
 
-.PHONY: run test bench
+.PHONY: run test bench pgo
 
 run:
 	./scripts/run-example.sh
@@ -12,3 +12,7 @@ test:
 
 bench:
 	./bench/run.sh
+
+# The profile-guided release binary (target/pgo/release/wasmgate).
+pgo:
+	./scripts/pgo.sh

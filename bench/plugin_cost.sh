@@ -16,8 +16,14 @@
 # round*: CPU µs per request of the gateway process (utime + stime from
 # /proc/PID/stat), which is what the plugin path adds, kernel included.
 #
+# COMPARE=/path/to/other/wasmgate runs a second gateway with the same config
+# (also on CPU 0, idle while the first is loaded); both binaries take turns
+# on every route of every round, and the report adds a table of
+# the second against the first (e.g. the PGO build against the release one).
+#
 # Environment: ROUNDS=9, DURATION=3 (seconds per route and round), CONNS=50,
-# NO_BUILD=1 (skip the release build), RESULTS (default
+# NO_BUILD=1 (skip the release build), PGO=1 (the profile-guided build,
+# target/pgo/release/wasmgate, made by scripts/pgo.sh), WASMGATE_BIN, RESULTS (default
 # bench/results/plugin_cost.md). Needs wrk, curl, taskset, python3 and the
 # plugins built (cd plugins && cargo build --release --target wasm32-wasip2).
 set -euo pipefail
@@ -26,11 +32,16 @@ ROUNDS="${ROUNDS:-9}"
 DURATION="${DURATION:-3}"
 CONNS="${CONNS:-50}"
 NO_BUILD="${NO_BUILD:-0}"
+PGO="${PGO:-0}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RESULTS="${RESULTS:-$ROOT/bench/results/plugin_cost.md}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
+if [ "$PGO" = 1 ]; then
+    WASMGATE_BIN="${WASMGATE_BIN:-$ROOT/target/pgo/release/wasmgate}"
+else
+    WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
+fi
 WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 
 log() { printf '[plugin-cost] %s\n' "$*" >&2; }
@@ -46,23 +57,27 @@ done
 if [ "$NO_BUILD" != 1 ]; then
     log "building the plugins and the release gateway"
     (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2) >&2
-    (cd "$ROOT" && cargo build --release -p wasmgate) >&2
+    if [ "$PGO" = 1 ]; then
+        "$ROOT/scripts/pgo.sh" >&2
+    else
+        (cd "$ROOT" && cargo build --release -p wasmgate) >&2
+    fi
 fi
 [ -x "$WASMGATE_BIN" ] || die "no binary at $WASMGATE_BIN"
+COMPARE="${COMPARE:-}"
+[ -z "$COMPARE" ] || [ -x "$COMPARE" ] || die "no binary at COMPARE=$COMPARE"
 for p in noop header_one key_auth rate_limit header_transform; do
     [ -f "$WASM/$p.wasm" ] || die "no $WASM/$p.wasm: build the plugins first"
 done
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-plugin-cost.XXXXXX")"
-GW=""
+PIDS=()
 cleanup() {
-    [ -n "$GW" ] && kill "$GW" 2>/dev/null && wait "$GW" 2>/dev/null
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-# A free port for the listener (the gateway reports none for a fixed one).
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 cat >"$TMP/gw.toml" <<EOF
 [admin]
 address = "127.0.0.1:0"
@@ -73,7 +88,7 @@ level = "warn"
 
 [[listeners]]
 name = "main"
-address = "127.0.0.1:$PORT"
+address = "127.0.0.1:PORT"
 
 [[plugins]]
 name = "noop"
@@ -120,59 +135,87 @@ body = "ok"
 EOF
 done
 
-taskset -c 0 "$WASMGATE_BIN" run --config "$TMP/gw.toml" --threads 1 >"$TMP/gw.out" 2>"$TMP/gw.err" &
-GW=$!
-for _ in $(seq 1 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$PORT/plain" && break
-    kill -0 "$GW" 2>/dev/null || die "the gateway exited: $(cat "$TMP/gw.err")"
-    sleep 0.1
-done
+# One gateway per binary, each on a free port (the gateway reports none for
+# a fixed one), pinned to CPU 0 with one thread.
+BINS=("$WASMGATE_BIN")
+[ -z "$COMPARE" ] || BINS+=("$COMPARE")
+PORTS=()
 HDR=(-H "x-bench-in: v" -H "x-api-key: bench-key")
-for route in $ROUTES; do
-    code="$(curl -s -o /dev/null -w '%{http_code}' "${HDR[@]}" "http://127.0.0.1:$PORT/$route")"
-    [ "$code" = 200 ] || die "/$route answered $code"
-    taskset -c 1 wrk -t1 -c"$CONNS" -d1s "${HDR[@]}" "http://127.0.0.1:$PORT/$route" >/dev/null
-done
-
-log "$ROUNDS rounds x 5 routes x ${DURATION}s"
-: >"$TMP/raw"
-for r in $(seq 1 "$ROUNDS"); do
+for i in "${!BINS[@]}"; do
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    sed "s/127.0.0.1:PORT/127.0.0.1:$port/" "$TMP/gw.toml" >"$TMP/gw$i.toml"
+    taskset -c 0 "${BINS[$i]}" run --config "$TMP/gw$i.toml" --threads 1 >"$TMP/gw$i.out" 2>"$TMP/gw$i.err" &
+    PIDS+=($!)
+    PORTS+=("$port")
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/plain" && break
+        kill -0 "${PIDS[$i]}" 2>/dev/null || die "${BINS[$i]} exited: $(cat "$TMP/gw$i.err")"
+        sleep 0.1
+    done
     for route in $ROUTES; do
-        read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$GW/stat")
-        out="$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "${HDR[@]}" "http://127.0.0.1:$PORT/$route")"
-        read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$GW/stat")
-        n="$(awk '/requests in/ {print $1}' <<<"$out")"
-        echo "$r $route $n $((u1 - u0)) $((s1 - s0))" >>"$TMP/raw"
+        code="$(curl -s -o /dev/null -w '%{http_code}' "${HDR[@]}" "http://127.0.0.1:$port/$route")"
+        [ "$code" = 200 ] || die "/$route answered $code (${BINS[$i]})"
+        taskset -c 1 wrk -t1 -c"$CONNS" -d1s "${HDR[@]}" "http://127.0.0.1:$port/$route" >/dev/null
     done
 done
 
-python3 - "$TMP/raw" "$(getconf CLK_TCK)" "$ROUNDS" "$DURATION" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" >"$RESULTS" <<'PY'
+log "$ROUNDS rounds x 5 routes x ${#BINS[@]} binaries x ${DURATION}s"
+: >"$TMP/raw"
+for r in $(seq 1 "$ROUNDS"); do
+    for route in $ROUTES; do
+        for i in "${!BINS[@]}"; do
+            pid="${PIDS[$i]}"
+            read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+            out="$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "${HDR[@]}" "http://127.0.0.1:${PORTS[$i]}/$route")"
+            read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+            n="$(awk '/requests in/ {print $1}' <<<"$out")"
+            echo "$r $i $route $n $((u1 - u0)) $((s1 - s0))" >>"$TMP/raw"
+        done
+    done
+done
+
+rel() { case "$1" in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
+python3 - "$TMP/raw" "$(getconf CLK_TCK)" "$ROUNDS" "$DURATION" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" "$(rel "$WASMGATE_BIN")" ${COMPARE:+"$(rel "$COMPARE")"} >"$RESULTS" <<'PY'
 import sys, statistics as st, datetime
 raw, tck, rounds, dur, rev = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+binaries = sys.argv[6:]
 d = {}
 for line in open(raw):
-    r, route, n, u, s = line.split()
-    d[(r, route)] = (int(n), (int(u) + int(s)) * 1e6 / tck / int(n), int(s) * 1e6 / tck / int(n))
-rs = sorted({r for r, _ in d}, key=int)
+    r, b, route, n, u, s = line.split()
+    d[(int(b), r, route)] = (int(n), (int(u) + int(s)) * 1e6 / tck / int(n), int(s) * 1e6 / tck / int(n))
+rs = sorted({r for _, r, _ in d}, key=int)
 names = {"plain": "no plugins", "noop": "noop, both head phases (2 calls)",
          "one": "header-one, request phase (1 call, 2 host calls)",
          "both": "header-transform, both head phases (2 calls, 1 host call each)",
          "three": "key-auth → rate-limit → header-transform (5 calls)"}
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+routes = ["plain", "noop", "one", "both", "three"]
+def added(b, r, route):
+    return d[(b, r, route)][1] - d[(b, r, "plain")][1]
 print(f"## What a plugin adds per request (bench/plugin_cost.sh)\n")
-print(f"- date: {now}; wasmgate {rev}; {rounds} rounds × 5 routes × {dur} s, routes interleaved in each round")
-print("- CPU µs/req: the gateway process's utime + stime ÷ requests; added = the route's figure minus /plain's in the same round\n")
-print("| route | req/s (median) | CPU µs/req (median) | added µs/req: median | added: min … max over rounds | of the added: kernel (stime), median |")
-print("|---|---|---|---|---|---|")
-for route in ["plain", "noop", "one", "both", "three"]:
-    rate = st.median(d[(r, route)][0] / float(dur) for r in rs)
-    cpu = [d[(r, route)][1] for r in rs]
-    if route == "plain":
-        print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | – | – | – |")
-        continue
-    added = [d[(r, route)][1] - d[(r, "plain")][1] for r in rs]
-    kernel = st.median(d[(r, route)][2] - d[(r, "plain")][2] for r in rs)
-    print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | {st.median(added):+.1f} | {min(added):+.1f} … {max(added):+.1f} | {kernel:+.1f} |")
+print(f"- date: {now}; wasmgate {rev}; {rounds} rounds × 5 routes × {dur} s" + (f" × {len(binaries)} binaries" if len(binaries) > 1 else "") + ", routes interleaved in each round")
+print("- CPU µs/req: the gateway process's utime + stime ÷ requests; added = the route's figure minus /plain's in the same round")
+for b, binary in enumerate(binaries):
+    print(f"\n### {binary}\n")
+    print("| route | req/s (median) | CPU µs/req (median) | added µs/req: median | added: min … max over rounds | of the added: kernel (stime), median |")
+    print("|---|---|---|---|---|---|")
+    for route in routes:
+        rate = st.median(d[(b, r, route)][0] / float(dur) for r in rs)
+        cpu = [d[(b, r, route)][1] for r in rs]
+        if route == "plain":
+            print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | – | – | – |")
+            continue
+        a = [added(b, r, route) for r in rs]
+        kernel = st.median(d[(b, r, route)][2] - d[(b, r, "plain")][2] for r in rs)
+        print(f"| {names[route]} | {rate:,.0f} | {st.median(cpu):.1f} | {st.median(a):+.1f} | {min(a):+.1f} … {max(a):+.1f} | {kernel:+.1f} |")
+if len(binaries) > 1:
+    print(f"\n### {binaries[1]} against {binaries[0]}, same rounds\n")
+    print("| route | CPU µs/req: ratio, median (min … max over rounds) | added µs/req: difference, median |")
+    print("|---|---|---|")
+    for route in routes:
+        ratio = [d[(1, r, route)][1] / d[(0, r, route)][1] for r in rs]
+        diff = "–" if route == "plain" else f"{st.median(added(1, r, route) - added(0, r, route) for r in rs):+.1f}"
+        print(f"| {names[route]} | {st.median(ratio):.2f} ({min(ratio):.2f} … {max(ratio):.2f}) | {diff} |")
 PY
 cat "$RESULTS"
 log "written to $RESULTS"

