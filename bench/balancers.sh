@@ -35,6 +35,8 @@ WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
 
 log() { printf '[bench-balancers] %s\n' "$*" >&2; }
 die() { printf '[bench-balancers] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for v in ROUNDS DURATION WARMUP CONNS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
@@ -72,25 +74,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-read -r -a PORTS <<<"$(python3 - <<'PY'
-import socket
-s = [socket.socket() for _ in range(9)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(" ".join(str(x.getsockname()[1]) for x in s))
-PY
-)"
+read -r -a PORTS <<<"$(free_ports 9)"
 UP_PORTS=("${PORTS[@]:0:4}")
 GW_PORTS=("${PORTS[@]:4:5}")
-
-wait_ok() { # <url> <pid>
-    local i
-    for i in $(seq 1 100); do
-        kill -0 "$2" 2>/dev/null || return 1
-        [ "$(curl -s --max-time 1 -o /dev/null -w '%{http_code}' "$1" 2>/dev/null || true)" = 200 ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 # Upstream: one nginx worker on the load CPU, four ports.
 mkdir -p "$TMP/upstream/tmp"

@@ -46,6 +46,8 @@ WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 
 log() { printf '[plugin-cost] %s\n' "$*" >&2; }
 die() { printf '[plugin-cost] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 for v in ROUNDS DURATION CONNS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
@@ -139,19 +141,15 @@ done
 # a fixed one), pinned to CPU 0 with one thread.
 BINS=("$WASMGATE_BIN")
 [ -z "$COMPARE" ] || BINS+=("$COMPARE")
-PORTS=()
+read -r -a PORTS <<<"$(free_ports "${#BINS[@]}")"
 HDR=(-H "x-bench-in: v" -H "x-api-key: bench-key")
 for i in "${!BINS[@]}"; do
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    port="${PORTS[$i]}"
     sed "s/127.0.0.1:PORT/127.0.0.1:$port/" "$TMP/gw.toml" >"$TMP/gw$i.toml"
     taskset -c 0 "${BINS[$i]}" run --config "$TMP/gw$i.toml" --threads 1 >"$TMP/gw$i.out" 2>"$TMP/gw$i.err" &
     PIDS+=($!)
-    PORTS+=("$port")
-    for _ in $(seq 1 100); do
-        curl -s -o /dev/null "http://127.0.0.1:$port/plain" && break
-        kill -0 "${PIDS[$i]}" 2>/dev/null || die "${BINS[$i]} exited: $(cat "$TMP/gw$i.err")"
-        sleep 0.1
-    done
+    wait_ok "http://127.0.0.1:$port/plain" "${PIDS[$i]}" \
+        || die "${BINS[$i]} did not come up: $(cat "$TMP/gw$i.err")"
     for route in $ROUTES; do
         code="$(curl -s -o /dev/null -w '%{http_code}' "${HDR[@]}" "http://127.0.0.1:$port/$route")"
         [ "$code" = 200 ] || die "/$route answered $code (${BINS[$i]})"

@@ -59,6 +59,8 @@ PW_WASM="$PW_DIR/target/$PW_TARGET/release"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [[ "$NOISY_RETRIES" =~ ^[0-9]+$ ]] || die "NOISY_RETRIES must be a non-negative integer"
 for v in ROUNDS DURATION WARMUP CONNS; do
@@ -174,32 +176,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# Free loopback ports: bind them all at once to :0 so they are distinct.
-free_ports() {
-    local n="$1"
-    if command -v python3 >/dev/null 2>&1; then
-        python3 - "$n" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-    else
-        # Fallback: random high ports with nothing listening on them.
-        local out=() p tries=0
-        while [ "${#out[@]}" -lt "$n" ]; do
-            tries=$((tries + 1)); [ "$tries" -lt 1000 ] || die "could not find free ports"
-            p=$((20000 + RANDOM % 30000))
-            case " ${out[*]} " in *" $p "*) continue ;; esac
-            if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then out+=("$p"); fi
-        done
-        echo "${out[*]}"
-    fi
-}
 
 # Start a background server: start_bg <logname> <cmd...>; sets LAST_PID.
 start_bg() {

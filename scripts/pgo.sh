@@ -29,6 +29,8 @@ WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 
 log() { printf '[pgo] %s\n' "$*" >&2; }
 die() { printf '[pgo] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [[ "$TRAIN_SECS" =~ ^[1-9][0-9]*$ ]] || die "TRAIN_SECS must be a positive integer"
 need_pkgs=()
@@ -73,9 +75,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT="$(free_port)"
-TLS_PORT="$(free_port)"
+read -r PORT TLS_PORT <<<"$(free_ports 2)"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
     -subj /CN=localhost -addext subjectAltName=DNS:localhost \
     -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >/dev/null 2>&1 \
@@ -171,11 +171,7 @@ EOF
 log "2/4 training run (${TRAIN_SECS}s per route and protocol)"
 "$GEN_DIR/release/wasmgate" run --config "$TMP/train.toml" >"$TMP/gw.out" 2>"$TMP/gw.err" &
 GW=$!
-for _ in $(seq 1 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$PORT/plain" && break
-    kill -0 "$GW" 2>/dev/null || die "the gateway exited: $(cat "$TMP/gw.err")"
-    sleep 0.1
-done
+wait_ok "http://127.0.0.1:$PORT/plain" "$GW" || die "the gateway did not come up: $(cat "$TMP/gw.err")"
 HDR=(-H "x-api-key: train-key")
 PATHS="/plain /chain /fwd/plain /rw/plain"
 for p in $PATHS; do
