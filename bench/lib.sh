@@ -39,3 +39,68 @@ wait_ok() {
     done
     return 1
 }
+
+# nginx configs for the bench scripts; everything of server <name> lives in
+# $TMP/<name>/ (the caller defines TMP), its config in $TMP/<name>/nginx.conf.
+NGINX_USER_LINE=""
+[ "$(id -u)" -ne 0 ] || NGINX_USER_LINE="user root root;"
+
+# nginx_conf <name> <http-block-body>: one worker, no access log, keep-alive
+# without limits, temp files under $TMP/<name>/tmp.
+nginx_conf() {
+    local d="$TMP/$1"
+    mkdir -p "$d/tmp"
+    cat >"$d/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+$NGINX_USER_LINE
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    default_type text/plain;
+$2
+}
+EOF
+}
+
+# nginx_upstream_conf <name> <port>: the benchmarks' upstream, answering
+# `200 ok` to everything; /_bench/headers (used only by plugin sanity checks,
+# never measured) shows what a proxy's request filters did to the headers.
+nginx_upstream_conf() {
+    nginx_conf "$1" "    server {
+        listen 127.0.0.1:$2 backlog=4096;
+        location / { return 200 \"ok\"; }
+        location = /_bench/headers {
+            return 200 \"x-bench=\$http_x_bench x-api-key=\$http_x_api_key x-bench-out=\$http_x_bench_out\";
+        }
+    }"
+}
+
+# nginx_proxy_conf <name> <port> <upstream-port>: nginx as the reverse proxy
+# peer, tuned as for any peer (HTTP/1.1 and keep-alive to the upstream).
+nginx_proxy_conf() {
+    nginx_conf "$1" "    upstream backend {
+        server 127.0.0.1:$3;
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$2 backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+}

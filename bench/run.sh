@@ -314,38 +314,6 @@ bench_peer() {
     return 0
 }
 
-NGINX_USER_LINE=""
-[ "$(id -u)" -ne 0 ] || NGINX_USER_LINE="user root root;"
-
-nginx_common() { # <name> : global part of an nginx config, everything under $TMP/<name>/
-    local d="$TMP/$1"
-    mkdir -p "$d/tmp"
-    cat <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-$NGINX_USER_LINE
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 4096; multi_accept on; }
-EOF
-}
-
-nginx_http_common() {
-    local d="$TMP/$1"
-    cat <<EOF
-    access_log off;
-    client_body_temp_path $d/tmp/body;
-    proxy_temp_path $d/tmp/proxy;
-    fastcgi_temp_path $d/tmp/fastcgi;
-    uwsgi_temp_path $d/tmp/uwsgi;
-    scgi_temp_path $d/tmp/scgi;
-    keepalive_timeout 300s;
-    keepalive_requests 10000000;
-    default_type text/plain;
-EOF
-}
-
 # check_plugins <id> <base-url> <1p|3p>: a few requests showing that the
 # plugins / filters really run, before measuring. Prints what is wrong, if
 # anything (empty output: all good).
@@ -458,24 +426,7 @@ read -r UP_PORT NGX_PORT HAP_PORT WG_PORT ENV_PORT ENV_ADMIN_PORT <<<"$(free_por
 log "ports: upstream=$UP_PORT nginx-proxy=$NGX_PORT haproxy=$HAP_PORT wasmgate=$WG_PORT envoy=$ENV_PORT (admin $ENV_ADMIN_PORT); temp dir $TMP"
 
 # Upstream: nginx, 1 worker, on the load CPU.
-mkdir -p "$TMP/upstream"
-{
-    nginx_common upstream
-    echo "http {"
-    nginx_http_common upstream
-    cat <<EOF
-    server {
-        listen 127.0.0.1:$UP_PORT backlog=4096;
-        location / { return 200 "ok"; }
-        # Used only by the plugin sanity checks (never measured): shows what the
-        # proxy's request-phase filters did to the request headers.
-        location = /_bench/headers {
-            return 200 "x-bench=\$http_x_bench x-api-key=\$http_x_api_key x-bench-out=\$http_x_bench_out";
-        }
-    }
-}
-EOF
-} >"$TMP/upstream/nginx.conf"
+nginx_upstream_conf upstream "$UP_PORT"
 start_bg upstream taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/upstream" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf"
 UP_PID=$LAST_PID
 wait_http "http://127.0.0.1:$UP_PORT/" "$UP_PID" || { show_logs upstream; cat "$TMP/upstream/error.log" >&2 2>/dev/null || true; die "upstream nginx did not come up"; }
@@ -499,29 +450,7 @@ for peer in $PEERS; do
         ;;
     nginx)
         ORDER+=(nginx); LABEL[nginx]="nginx ${NGINX_VER}"
-        mkdir -p "$TMP/nginx"
-        {
-            nginx_common nginx
-            echo "http {"
-            nginx_http_common nginx
-            cat <<EOF
-    upstream backend {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 64;
-        keepalive_requests 10000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$NGX_PORT backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-        } >"$TMP/nginx/nginx.conf"
+        nginx_proxy_conf nginx "$NGX_PORT" "$UP_PORT"
         start_bg nginx taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf"
         pid=$LAST_PID
         if wait_http "http://127.0.0.1:$NGX_PORT/" "$pid"; then
