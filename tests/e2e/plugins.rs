@@ -414,6 +414,40 @@ plugins = [ {{ plugin = "caller", config = {{ upstream = "nope", path = "/ping" 
     Ok(())
 }
 
+/// Time a plugin spends waiting for its outbound call does not count against
+/// its `cpu_limit`: a 20 ms limit and a side upstream that takes 150 ms.
+#[tokio::test]
+async fn waiting_for_an_outbound_call_is_not_cpu_time() -> Result<()> {
+    let wasm = plugins::decl("caller", "http_caller", r#"cpu_limit = "20ms""#);
+    let echo = upstream::echo().await?;
+    let side = upstream::controlled("side").await?;
+    side.set_mode(upstream::Mode::Slow(Duration::from_millis(150)));
+    let config = config(
+        echo.addr(),
+        &format!(
+            r#"
+[[upstreams]]
+name = "side"
+endpoints = ["{side}"]
+{wasm}
+[[routes]]
+name = "slow"
+upstream = "backend"
+plugins = [ {{ plugin = "caller", config = {{ upstream = "side", timeout_ms = 2000 }} }} ]
+"#,
+            side = side.addr()
+        ),
+    );
+    let gw = Gateway::start(&config).await?;
+    let http = Http1::new();
+    for i in 0..2 {
+        let resp = get(&http, &gw.url("main", "/"), &format!("slow-call-{i}"), &[]).await?;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(echoed(&resp, "x-call-status")?, ["200"]);
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn one_plugin_with_two_configs_on_two_routes_is_two_instances() -> Result<()> {
     let wasm = plugins::decl("hello", "hello_header", "");

@@ -117,10 +117,12 @@ impl InstancePool {
             outbound: self.outbound.clone(),
             request_id: String::new(),
             output_exceeded: false,
+            call_started: Instant::now(),
+            waited: std::time::Duration::ZERO,
         };
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(deadline_reached);
         store.set_epoch_deadline(ticks(limits.cpu));
         let instance = M::instantiate(&self.pre, &mut store)
             .await
@@ -129,6 +131,7 @@ impl InstancePool {
         let configure = instance
             .get_typed_func::<(&str,), (Result<types::Phases, String>,)>(&mut store, "configure")
             .map_err(|e| classify(&e, &store))?;
+        store.data_mut().call_started = Instant::now();
         store.set_epoch_deadline(ticks(limits.cpu));
         let (configured,) = M::call(configure, &mut store, (self.config.as_str(),))
             .await
@@ -225,7 +228,7 @@ impl InstancePool {
     ) -> Result<Verdict, PluginError> {
         let mut inst = self.checkout::<M>().await?;
         let started = Instant::now();
-        prepare_call(&mut inst, request_id, self.meta.limits.cpu);
+        prepare_call(&mut inst, request_id, self.meta.limits.cpu, started);
         let slot = H::slot(&inst);
         H::swap(&mut inst.store, slot, head);
         let lent = Resource::<H::Res>::new_borrow(slot);
@@ -444,11 +447,28 @@ fn lend<T: Send + 'static>(store: &mut Store<PluginState>, head: T) -> u32 {
     }
 }
 
-fn prepare_call(inst: &mut Instance, request_id: &str, cpu: std::time::Duration) {
+fn prepare_call(inst: &mut Instance, request_id: &str, cpu: std::time::Duration, started: Instant) {
     let data = inst.store.data_mut();
     data.request_id.clear();
     data.request_id.push_str(request_id);
+    data.call_started = started;
+    data.waited = std::time::Duration::ZERO;
     inst.store.set_epoch_deadline(ticks(cpu));
+}
+
+/// The epoch deadline of a call passed. The epochs count wall-clock time,
+/// so a call that spent part of it waiting for an outbound `http-call`
+/// (suspended on its fiber) gets that part back; otherwise it has used its
+/// `cpu_limit` and traps.
+fn deadline_reached(
+    store: wasmtime::StoreContextMut<'_, PluginState>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let s = store.data();
+    let used = s.call_started.elapsed().saturating_sub(s.waited);
+    Ok(match s.meta.limits.cpu.checked_sub(used) {
+        Some(left) if !left.is_zero() => wasmtime::UpdateDeadline::Continue(ticks(left)),
+        _ => wasmtime::UpdateDeadline::Interrupt,
+    })
 }
 
 /// The resource table of a fresh store cannot be full or hold a foreign

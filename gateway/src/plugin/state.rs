@@ -6,7 +6,7 @@ use super::bindings::wasmgate::plugin::{host, types};
 use super::{Outbound, PluginMeta, PluginRequest, PluginResponse};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -26,6 +26,10 @@ pub struct PluginState {
     pub request_id: String,
     /// Set when the plugin tried to hand the host more than its output cap.
     pub output_exceeded: bool,
+    /// When the current call started, and how much of it was spent waiting
+    /// for outbound calls: that time does not count against `cpu_limit`.
+    pub call_started: Instant,
+    pub waited: Duration,
 }
 
 impl WasiView for PluginState {
@@ -377,10 +381,12 @@ impl host::Host for PluginState {
         timeout_ms: u32,
     ) -> R<Result<host::HttpResponse, String>> {
         let timeout = Duration::from_millis(u64::from(timeout_ms.clamp(1, 60_000)));
+        let waiting = Instant::now();
         let result = self
             .outbound
             .call(&upstream, &method, &path, headers, body, timeout)
             .await;
+        self.waited += waiting.elapsed();
         Ok(result.map(|r| host::HttpResponse {
             status: r.0,
             headers: r.1,
