@@ -147,3 +147,48 @@ async fn run_refuses_to_start_when_a_plugin_rejects_its_config() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn more_plugin_instances_than_slots_fail_the_config() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    // One slot, two pools (one plugin, two configs): the second cannot get
+    // its first instance.
+    let one = with_plugin(
+        &plugins::toml_path("hello_header"),
+        "",
+        r#"{ greeting = "a" }"#,
+    );
+    let two = format!(
+        r#"plugin_instance_slots = 1
+{one}
+[[routes]]
+name = "b"
+path_prefix = "/b"
+plugins = [ {{ plugin = "p", config = {{ greeting = "b" }} }} ]
+[routes.direct_response]
+status = 200
+"#
+    );
+    let line = line_of(&two, r#"config = { greeting = "b" }"#);
+    check_fails(dir, &two, line, "plugin_instance_slots").await?;
+
+    // A bad value is reported where it is.
+    let bad = format!("plugin_instance_slots = 0\n{one}");
+    check_fails(dir, &bad, 1, "must be at least 1").await?;
+    let bad = format!("plugin_instance_slots = 100000\n{one}");
+    check_fails(dir, &bad, 1, "is above 10000").await?;
+
+    // Enough slots: fine.
+    std::fs::write(
+        dir.join("config.toml"),
+        two.replace("slots = 1", "slots = 2"),
+    )?;
+    let out = check(dir, "config.toml").await?;
+    ensure!(
+        out.status.success(),
+        "two slots for two pools failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

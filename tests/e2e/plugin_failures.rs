@@ -8,7 +8,7 @@ use crate::plugins::{config, get, has_field};
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
 use wasmgate_e2e::client::Http1;
-use wasmgate_e2e::upstream::{self, Upstream};
+use wasmgate_e2e::upstream::{self, Mode, Upstream};
 use wasmgate_e2e::{plugins, Gateway};
 
 const T: Duration = Duration::from_secs(5);
@@ -297,5 +297,76 @@ plugins = [
     }
     assert_eq!(echo.count(), 2);
     assert_eq!(errors_of(&gw, "unreachable").await?, 2.0);
+    Ok(())
+}
+
+/// With every one of the engine's `plugin_instance_slots` in use, a request
+/// that needs another instance gets 503 (not the plugin's failure status:
+/// the plugin did nothing wrong), logged and counted as kind `capacity`;
+/// the gateway keeps serving, and the plugin route works again once an
+/// instance is free.
+#[tokio::test]
+async fn a_request_without_a_free_instance_slot_gets_503() -> Result<()> {
+    let echo = upstream::echo().await?;
+    let side = upstream::controlled("side").await?;
+    side.set_mode(Mode::Hang);
+    let decl = plugins::decl("p", "http_caller", "failure_status = 500");
+    let rest = format!(
+        r#"
+[[upstreams]]
+name = "side"
+endpoints = ["{side}"]
+{decl}
+[[routes]]
+name = "fail"
+path_prefix = "/fail"
+upstream = "backend"
+plugins = [ {{ plugin = "p", config = {{ upstream = "side", timeout_ms = 3000 }} }} ]
+
+[[routes]]
+name = "ok"
+path_prefix = "/ok"
+upstream = "backend"
+"#,
+        side = side.addr()
+    );
+    let toml = format!("plugin_instance_slots = 1\n{}", config(echo.addr(), &rest));
+    let mut gw = Gateway::start(&toml).await?;
+    let http = Http1::new();
+
+    // The first request holds the only instance while its outbound call hangs.
+    let holder = tokio::spawn({
+        let (http, url) = (http.clone(), gw.url("main", "/fail"));
+        async move { get(&http, &url, "holder", &[]).await }
+    });
+    side.wait_traffic(1, T).await?;
+
+    let resp = get(&http, &gw.url("main", "/fail"), "no-slot", &[]).await?;
+    resp.expect_gateway_error(503)?;
+    let j = resp.json()?;
+    assert_eq!(
+        j["error"].as_str(),
+        Some("plugin `p` failed (capacity)"),
+        "{j}"
+    );
+    let line = gw
+        .wait_stderr(&["plugin=p", "no-slot", "kind="], T)
+        .await
+        .context("no log line for the capacity failure")?;
+    ensure!(
+        has_field(&line, "kind", "capacity") && line.contains("plugin_instance_slots"),
+        "log line lacks kind=capacity and the setting's name: {line}"
+    );
+    assert_eq!(errors_of(&gw, "capacity").await?, 1.0);
+    let ok = get(&http, &gw.url("main", "/ok"), "ok-while-full", &[]).await?;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    // The holder's call times out; it goes on without the call's answer and
+    // gives the instance back.
+    side.set_mode(Mode::Ok);
+    let held = holder.await??;
+    assert_eq!(held.status, 200, "{}", held.text());
+    let again = get(&http, &gw.url("main", "/fail"), "after", &[]).await?;
+    assert_eq!(again.status, 200, "{}", again.text());
     Ok(())
 }

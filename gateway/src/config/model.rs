@@ -25,6 +25,9 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     pub global_plugins: Vec<PluginRef>,
     pub plugin_cache_dir: Option<PathBuf>,
+    /// The engine's pool of plugin instances (memory, stack and table
+    /// slots): how many instances can exist at once, across all plugins.
+    pub plugin_instance_slots: u32,
 }
 
 /// A plugin component and its sandbox settings.

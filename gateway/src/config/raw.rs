@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// Where compiled plugins are cached between runs.
     #[serde(default)]
     pub plugin_cache_dir: Option<S<String>>,
+    /// Plugin instances that can exist at once, process-wide.
+    #[serde(default)]
+    pub plugin_instance_slots: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

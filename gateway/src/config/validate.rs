@@ -103,6 +103,7 @@ impl Validator {
         }
         let global_plugins = self.plugin_refs(&raw.global_plugins);
         let plugin_cache_dir = raw.plugin_cache_dir.map(|d| self.base.join(d.get_ref()));
+        let plugin_instance_slots = self.instance_slots(&raw.plugin_instance_slots);
 
         let listeners: Vec<ListenerConfig> = raw
             .listeners
@@ -154,6 +155,23 @@ impl Validator {
             plugins,
             global_plugins,
             plugin_cache_dir,
+            plugin_instance_slots,
+        }
+    }
+
+    fn instance_slots(&mut self, v: &Option<S<u64>>) -> u32 {
+        use crate::plugin::{DEFAULT_INSTANCE_SLOTS, MAX_INSTANCE_SLOTS};
+        match v {
+            Some(n) if *n.get_ref() > u64::from(MAX_INSTANCE_SLOTS) => {
+                self.r.error(
+                    &n.span(),
+                    format!("plugin_instance_slots {} is above {MAX_INSTANCE_SLOTS}", n.get_ref()),
+                    "each slot reserves about 4 GiB of address space (not memory); use at most 10000",
+                );
+                DEFAULT_INSTANCE_SLOTS
+            }
+            _ => u32::try_from(self.count(v, DEFAULT_INSTANCE_SLOTS as usize))
+                .unwrap_or(DEFAULT_INSTANCE_SLOTS),
         }
     }
 

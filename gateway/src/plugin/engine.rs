@@ -17,6 +17,12 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 pub const MAX_MEMORY_BYTES: usize = 256 << 20;
 /// The wasm stack cap, engine-wide.
 pub const MAX_STACK_BYTES: usize = 512 << 10;
+/// Plugin instances that can exist at once by default (`plugin_instance_slots`).
+pub const DEFAULT_INSTANCE_SLOTS: u32 = 2_000;
+/// The most `plugin_instance_slots` may be: every slot reserves address
+/// space for a linear memory (4 GiB plus guard pages), and x86-64 gives a
+/// process 128 TiB of it.
+pub const MAX_INSTANCE_SLOTS: u32 = 10_000;
 
 pub struct PluginEngine {
     pub engine: Engine,
@@ -27,16 +33,20 @@ pub struct PluginEngine {
 }
 
 impl PluginEngine {
-    pub fn new(cache_dir: Option<&Path>) -> wasmtime::Result<Arc<PluginEngine>> {
+    /// `slots`: how many plugin instances can exist at once, across all
+    /// plugins (each has one linear memory; a component instance has a few
+    /// core instances and tables, hence the larger counts for those).
+    pub fn new(cache_dir: Option<&Path>, slots: u32) -> wasmtime::Result<Arc<PluginEngine>> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_STACK_BYTES);
         config.wasm_component_model(true);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(2_000)
-            .total_core_instances(4_000)
-            .total_memories(2_000)
-            .total_tables(4_000)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(4))
+            .total_memories(slots)
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots.min(1_000))
             .max_memory_size(MAX_MEMORY_BYTES)
             .max_memories_per_module(1)
             .max_tables_per_module(4);

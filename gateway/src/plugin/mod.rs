@@ -13,7 +13,7 @@ mod pool;
 mod state;
 pub mod testing;
 
-pub use engine::PluginEngine;
+pub use engine::{PluginEngine, DEFAULT_INSTANCE_SLOTS, MAX_INSTANCE_SLOTS};
 pub use pool::InstancePool;
 
 use bytes::Bytes;
@@ -70,6 +70,11 @@ pub enum PluginError {
     OutputTooLarge,
     #[error("plugin returned an invalid response: {0}")]
     Invalid(String),
+    /// No instance could be made: every one of the engine's
+    /// `plugin_instance_slots` is in use. Not the plugin's fault, so a
+    /// fail-closed plugin answers 503 whatever its configured status.
+    #[error("no free plugin instance slot (all `plugin_instance_slots` are in use): {0}")]
+    Capacity(String),
 }
 
 impl PluginError {
@@ -79,6 +84,7 @@ impl PluginError {
             PluginError::Rejected(_) => "config",
             PluginError::OutputTooLarge => "output",
             PluginError::Invalid(_) => "invalid",
+            PluginError::Capacity(_) => "capacity",
         }
     }
 }
@@ -419,6 +425,10 @@ impl Chain<'_> {
                     }
                     FailurePolicy::Closed { status } => {
                         tracing::error!(plugin = %meta.name, route = self.route, request_id, phase, kind = error.kind(), error = %error, "plugin failed; request refused (fail-closed)");
+                        let status = match error {
+                            PluginError::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+                            _ => status,
+                        };
                         Some(Outcome::Failed(ChainFailure {
                             plugin: meta.name.clone(),
                             error,

@@ -516,6 +516,11 @@ fn classify(e: &wasmtime::Error, store: &Store<PluginState>) -> PluginError {
         return PluginError::OutputTooLarge;
     }
     let text = format!("{e:#}");
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return PluginError::Capacity(text);
+    }
     if e.downcast_ref::<WouldWait>().is_some() {
         return PluginError::Trap {
             kind: "wait",

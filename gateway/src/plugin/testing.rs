@@ -149,7 +149,10 @@ impl Outbound for NoOutbound {
 fn engine() -> Result<Arc<PluginEngine>, String> {
     static ENGINE: OnceLock<Result<Arc<PluginEngine>, String>> = OnceLock::new();
     ENGINE
-        .get_or_init(|| PluginEngine::new(None).map_err(|e| format!("{e:#}")))
+        .get_or_init(|| {
+            PluginEngine::new(None, super::engine::DEFAULT_INSTANCE_SLOTS)
+                .map_err(|e| format!("{e:#}"))
+        })
         .clone()
 }
 

@@ -156,23 +156,37 @@ impl Outbound for UpstreamOutbound {
 struct Shared {
     engine: Arc<PluginEngine>,
     kv: DashMap<String, Arc<kv::MemoryKv>>,
+    /// The engine settings it was made with: a reload cannot change them.
+    cache_dir: Option<std::path::PathBuf>,
+    slots: u32,
 }
 
 static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
 
 fn shared(config: &Config) -> Result<&'static Shared, String> {
-    SHARED
+    let shared = SHARED
         .get_or_init(|| {
             let dir = config.plugin_cache_dir.clone().or_else(default_cache_dir);
-            PluginEngine::new(dir.as_deref())
+            let slots = config.plugin_instance_slots;
+            PluginEngine::new(dir.as_deref(), slots)
                 .map(|engine| Shared {
                     engine,
                     kv: DashMap::new(),
+                    cache_dir: config.plugin_cache_dir.clone(),
+                    slots,
                 })
                 .map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))
         })
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(Clone::clone)?;
+    if shared.slots != config.plugin_instance_slots || shared.cache_dir != config.plugin_cache_dir {
+        tracing::warn!(
+            running_slots = shared.slots,
+            running_cache_dir = ?shared.cache_dir,
+            "plugin_instance_slots and plugin_cache_dir take effect at the next restart; the running engine keeps its settings"
+        );
+    }
+    Ok(shared)
 }
 
 fn default_cache_dir() -> Option<std::path::PathBuf> {
