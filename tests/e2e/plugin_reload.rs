@@ -260,3 +260,28 @@ async fn a_reload_whose_plugin_cannot_start_keeps_the_old_config() -> Result<()>
     assert_eq!(served(&gw).await?.0, "new");
     Ok(())
 }
+
+/// `plugin_instance_slots` is read at startup: a reload that changes it
+/// goes through with the new routes and plugins, keeps the running engine,
+/// and says so in the log.
+#[tokio::test]
+async fn a_reload_cannot_resize_the_instance_slots_and_says_so() -> Result<()> {
+    let echo = upstream::echo().await?;
+    let mut gw = Gateway::start(&greeting_config(echo.addr(), "g1", false)).await?;
+    gw.write_config(&format!(
+        "plugin_instance_slots = 16\n{}",
+        greeting_config(echo.addr(), "g2", false)
+    ))?;
+    let (status, body) = gw.reload_admin().await?;
+    ensure!(status == 200, "reload: {status} {body}");
+    assert_eq!(served(&gw).await?.0, "g2");
+    let line = gw
+        .wait_stderr(&["plugin_instance_slots", "next restart"], T)
+        .await
+        .context("no warning that the setting waits for a restart")?;
+    ensure!(
+        line.contains("running_slots=2000"),
+        "the warning does not name the running value: {line}"
+    );
+    Ok(())
+}
