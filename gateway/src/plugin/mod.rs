@@ -17,7 +17,7 @@ pub use engine::{PluginEngine, DEFAULT_INSTANCE_SLOTS, MAX_INSTANCE_SLOTS};
 pub use pool::InstancePool;
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Either, FutureExt};
+use futures_util::future::{BoxFuture, Either};
 use http::{HeaderMap, Method, StatusCode};
 use std::collections::BTreeMap;
 use std::future::{ready, Future, Ready};
@@ -286,80 +286,71 @@ impl Chain<'_> {
             .min()
     }
 
-    /// The request-headers phase of every plugin.
+    /// The request-headers phase of every plugin, on `req` in place.
     pub fn on_request<'a>(
         &'a self,
-        req: PluginRequest,
+        req: &'a mut PluginRequest,
         request_id: &'a str,
-    ) -> impl Future<Output = (PluginRequest, Outcome)> + Send + 'a {
+    ) -> PhaseFuture<'a, Outcome> {
         self.phase(req, None, request_id)
-            .map(|(req, _, o)| (req, o))
     }
 
-    /// The response-headers phase of every plugin.
+    /// The response-headers phase of every plugin, on `resp` in place.
     pub fn on_response<'a>(
         &'a self,
-        resp: PluginResponse,
+        resp: &'a mut PluginResponse,
         request_id: &'a str,
-    ) -> impl Future<Output = (PluginResponse, Outcome)> + Send + 'a {
+    ) -> PhaseFuture<'a, Outcome> {
         self.phase(resp, None, request_id)
-            .map(|(resp, _, o)| (resp, o))
     }
 
-    /// The request-body phase of the plugins that asked for it; returns the
-    /// body as they left it.
+    /// The request-body phase of the plugins that asked for it; `body` is
+    /// left as they made it.
     pub fn on_request_body<'a>(
         &'a self,
-        req: PluginRequest,
-        body: Bytes,
+        req: &'a mut PluginRequest,
+        body: &'a mut Bytes,
         request_id: &'a str,
-    ) -> impl Future<Output = (PluginRequest, Bytes, Outcome)> + Send + 'a {
+    ) -> PhaseFuture<'a, Outcome> {
         self.phase(req, Some(body), request_id)
-            .map(|(req, body, o)| (req, body.unwrap_or_default(), o))
     }
 
     /// The response-body phase of the plugins that asked for it.
     pub fn on_response_body<'a>(
         &'a self,
-        resp: PluginResponse,
-        body: Bytes,
+        resp: &'a mut PluginResponse,
+        body: &'a mut Bytes,
         request_id: &'a str,
-    ) -> impl Future<Output = (PluginResponse, Bytes, Outcome)> + Send + 'a {
+    ) -> PhaseFuture<'a, Outcome> {
         self.phase(resp, Some(body), request_id)
-            .map(|(resp, body, o)| (resp, body.unwrap_or_default(), o))
     }
 
-    /// One phase through the chain: a head phase when `body` is `None`,
-    /// else the body phase; only plugins that declared the phase. When
-    /// every one of them can be called directly (none imports an async
-    /// host function) the phase runs at once, on this thread, and the
-    /// future is ready; otherwise it is a boxed future that enters the
-    /// plugins on fibers.
+    /// One phase through the chain, on the head (and the body, for a body
+    /// phase) in place; only plugins that declared the phase. When every
+    /// one of them can be called directly (none imports an async host
+    /// function) the phase runs at once, on this thread, and the future is
+    /// ready; otherwise it is a boxed future that enters the plugins on
+    /// fibers.
     fn phase<'a, H: ChainHead>(
         &'a self,
-        mut head: H,
-        mut body: Option<Bytes>,
+        head: &'a mut H,
+        mut body: Option<&'a mut Bytes>,
         request_id: &'a str,
-    ) -> PhaseFuture<'a, (H, Option<Bytes>, Outcome)> {
+    ) -> PhaseFuture<'a, Outcome> {
         let with_body = body.is_some();
         if self.takers::<H>(with_body).all(|l| l.pool.blocking) {
             let phase = H::phase(with_body);
-            let mut outcome = Outcome::Continue;
             for link in self.takers::<H>(with_body) {
-                let result = link
-                    .pool
-                    .call_blocking(&mut head, request_id, body.as_deref());
+                let result =
+                    link.pool
+                        .call_blocking(head, request_id, body.as_deref().map(|b| &b[..]));
                 if let Some(o) = self.step(link, result, &mut body, request_id, phase) {
-                    outcome = o;
-                    break;
+                    return Either::Left(ready(o));
                 }
             }
-            Either::Left(ready((head, body, outcome)))
+            Either::Left(ready(Outcome::Continue))
         } else {
-            Either::Right(Box::pin(async move {
-                let outcome = self.run(&mut head, &mut body, request_id).await;
-                (head, body, outcome)
-            }))
+            Either::Right(Box::pin(self.run(head, body, request_id)))
         }
     }
 
@@ -367,14 +358,17 @@ impl Chain<'_> {
     async fn run<H: ChainHead>(
         &self,
         head: &mut H,
-        body: &mut Option<Bytes>,
+        mut body: Option<&mut Bytes>,
         request_id: &str,
     ) -> Outcome {
         let with_body = body.is_some();
         let phase = H::phase(with_body);
         for link in self.takers::<H>(with_body) {
-            let result = link.pool.call(head, request_id, body.as_deref()).await;
-            if let Some(outcome) = self.step(link, result, body, request_id, phase) {
+            let result = link
+                .pool
+                .call(head, request_id, body.as_deref().map(|b| &b[..]))
+                .await;
+            if let Some(outcome) = self.step(link, result, &mut body, request_id, phase) {
                 return outcome;
             }
         }
@@ -393,14 +387,19 @@ impl Chain<'_> {
         &self,
         link: &ChainLink,
         result: Result<Verdict, PluginError>,
-        body: &mut Option<Bytes>,
+        body: &mut Option<&mut Bytes>,
         request_id: &str,
         phase: &str,
     ) -> Option<Outcome> {
-        if let Ok(Verdict::Replace(new)) = result {
-            *body = Some(new);
-            return None;
-        }
+        let result = match result {
+            Ok(Verdict::Replace(new)) => {
+                if let Some(body) = body.as_deref_mut() {
+                    *body = new;
+                }
+                return None;
+            }
+            other => other,
+        };
         self.settle(link, result, request_id, phase)
     }
 

@@ -308,7 +308,7 @@ async fn proxy(
     let chain = snap.chain(&conn.listener, matched.index);
     let mut body = RequestBody::Streaming(incoming);
     if !chain.is_empty() {
-        let preq = PluginRequest {
+        let mut preq = PluginRequest {
             method: parts.method.clone(),
             scheme: if conn.tls { "https" } else { "http" },
             authority: authority.clone(),
@@ -324,22 +324,23 @@ async fn proxy(
         // The chain's futures are ready at once, or boxed when a plugin
         // must be entered on a fiber: this future stays small either way.
         let request_id = access.request_id.to_str().unwrap_or("-");
-        let (mut preq, mut outcome) = chain.on_request(preq, request_id).await;
+        let mut outcome = chain.on_request(&mut preq, request_id).await;
         let limit = chain.request_body_limit();
         if let (Outcome::Continue, Some(limit), false) = (&outcome, limit, upgrade) {
             body = match body {
                 RequestBody::Streaming(incoming) => {
                     let read = read_request_body(incoming, limit, limits, &access.bytes_in).await;
-                    let data = match read {
+                    let mut data = match read {
                         Ok(data) => data,
                         Err(e) => {
                             access.context = preq.context;
                             return Err(e);
                         }
                     };
-                    let (back, new, o) = chain.on_request_body(preq, data, request_id).await;
-                    (preq, outcome) = (back, o);
-                    RequestBody::Buffered(new)
+                    outcome = chain
+                        .on_request_body(&mut preq, &mut data, request_id)
+                        .await;
+                    RequestBody::Buffered(data)
                 }
                 buffered => buffered,
             };
@@ -384,27 +385,28 @@ async fn proxy(
     // Phase 7: response plugins (heads, then the body if one asked for it).
     if chain.takes_response() {
         let (mut head, mut body) = resp.into_parts();
-        let presp = PluginResponse {
+        let mut presp = PluginResponse {
             status: head.status,
             headers: std::mem::take(&mut head.headers),
             context: std::mem::take(&mut access.context),
         };
         let request_id = access.request_id.to_str().unwrap_or("-");
-        let (mut presp, mut outcome) = chain.on_response(presp, request_id).await;
+        let mut outcome = chain.on_response(&mut presp, request_id).await;
         let limit = chain.response_body_limit();
         if let (Outcome::Continue, Some(limit)) = (&outcome, limit) {
             if response_has_body(&access.method, presp.status) {
-                let (data, trailers) = match read_response_body(body, limit).await {
+                let (mut data, trailers) = match read_response_body(body, limit).await {
                     Ok(read) => read,
                     Err(e) => {
                         access.context = presp.context;
                         return Err(e);
                     }
                 };
-                let (back, new, o) = chain.on_response_body(presp, data, request_id).await;
-                (presp, outcome) = (back, o);
-                set_content_length(&mut presp.headers, new.len());
-                body = buffered_body(new, trailers);
+                outcome = chain
+                    .on_response_body(&mut presp, &mut data, request_id)
+                    .await;
+                set_content_length(&mut presp.headers, data.len());
+                body = buffered_body(data, trailers);
             }
         }
         head.status = presp.status;
