@@ -377,7 +377,10 @@ async fn proxy(
                 authority: &authority,
                 request_headers: &route.request_headers,
             };
-            forward(forwarding, parts, body, access).await?
+            // Boxed: the forwarding future is most of this one's size, and
+            // hyper moves the request's future twice; inline, every request
+            // (direct responses too) would copy it both times.
+            Box::pin(forward(forwarding, parts, body, access)).await?
         }
     };
     route.response_headers.apply(resp.headers_mut());
