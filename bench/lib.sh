@@ -104,3 +104,40 @@ nginx_proxy_conf() {
         }
     }"
 }
+
+# The routes the plugin benchmarks (plugin_cost.sh, plugin_instructions.sh)
+# load: no plugins, the noop test plugin (both head phases), header-one
+# (request phase), header-transform in both head phases, the 3-plugin chain.
+PLUGIN_ROUTES="plain noop one both three"
+
+# check_plugin_files <wasm-dir>: the components those routes need are built.
+check_plugin_files() {
+    local p
+    for p in noop header_one key_auth rate_limit header_transform; do
+        [ -f "$1/$p.wasm" ] || die "no $1/$p.wasm: build the plugins first"
+    done
+}
+
+# plugin_routes_toml <wasm-dir> <target>: the [[plugins]] and [[routes]] of
+# a gateway config serving PLUGIN_ROUTES at /<route>; <target> is the TOML
+# each route ends with (a direct response, or `upstream = "…"`).
+plugin_routes_toml() {
+    local wasm="$1" target="$2" p route chain
+    for p in noop:noop one:header_one key-auth:key_auth rate-limit:rate_limit header-transform:header_transform; do
+        printf '\n[[plugins]]\nname = "%s"\npath = "%s/%s.wasm"\n' "${p%%:*}" "$wasm" "${p#*:}"
+    done
+    for route in $PLUGIN_ROUTES; do
+        case "$route" in
+            plain) chain="[]" ;;
+            noop) chain='[{ plugin = "noop" }]' ;;
+            one) chain='[{ plugin = "one" }]' ;;
+            both) chain='[{ plugin = "header-transform", config = { request = { set = { x-bench = "1" } }, response = { remove = ["server"] } } }]' ;;
+            three) chain='[
+  { plugin = "key-auth", config = { header = "x-api-key", keys = { bench-key = "bench" } } },
+  { plugin = "rate-limit", config = { limit = 1000000000, window_ms = 60000, key = "consumer" } },
+  { plugin = "header-transform", config = { request = { set = { x-bench = "1" } }, response = { remove = ["server"] } } },
+]' ;;
+        esac
+        printf '\n[[routes]]\nname = "%s"\npath = "/%s"\nplugins = %s\n%s\n' "$route" "$route" "$chain" "$target"
+    done
+}

@@ -82,9 +82,7 @@ fi
 [ -x "$WASMGATE_BIN" ] || die "no binary at $WASMGATE_BIN"
 COMPARE="${COMPARE:-}"
 [ -z "$COMPARE" ] || [ -x "$COMPARE" ] || die "no binary at COMPARE=$COMPARE"
-for p in noop header_one key_auth rate_limit header_transform; do
-    [ -f "$WASM/$p.wasm" ] || die "no $WASM/$p.wasm: build the plugins first"
-done
+check_plugin_files "$WASM"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-plugin-cost.XXXXXX")"
 PIDS=()
@@ -106,25 +104,6 @@ level = "warn"
 name = "main"
 address = "127.0.0.1:PORT"
 
-[[plugins]]
-name = "noop"
-path = "$WASM/noop.wasm"
-
-[[plugins]]
-name = "one"
-path = "$WASM/header_one.wasm"
-
-[[plugins]]
-name = "key-auth"
-path = "$WASM/key_auth.wasm"
-
-[[plugins]]
-name = "rate-limit"
-path = "$WASM/rate_limit.wasm"
-
-[[plugins]]
-name = "header-transform"
-path = "$WASM/header_transform.wasm"
 EOF
 # The upstream and the nginx peer (UPSTREAM=1) listen on the last two ports.
 BINS=("$WASMGATE_BIN")
@@ -145,28 +124,8 @@ else
 status = 200
 body = "ok"'
 fi
-ROUTES="plain noop one both three"
-for route in $ROUTES; do
-    case "$route" in
-        plain) chain="[]" ;;
-        noop) chain='[{ plugin = "noop" }]' ;;
-        one) chain='[{ plugin = "one" }]' ;;
-        both) chain='[{ plugin = "header-transform", config = { request = { set = { x-bench = "1" } }, response = { remove = ["server"] } } }]' ;;
-        three) chain='[
-  { plugin = "key-auth", config = { header = "x-api-key", keys = { bench-key = "bench" } } },
-  { plugin = "rate-limit", config = { limit = 1000000000, window_ms = 60000, key = "consumer" } },
-  { plugin = "header-transform", config = { request = { set = { x-bench = "1" } }, response = { remove = ["server"] } } },
-]' ;;
-    esac
-    cat >>"$TMP/gw.toml" <<EOF
-
-[[routes]]
-name = "$route"
-path = "/$route"
-plugins = $chain
-$TARGET
-EOF
-done
+ROUTES="$PLUGIN_ROUTES"
+plugin_routes_toml "$WASM" "$TARGET" >>"$TMP/gw.toml"
 
 HDR=(-H "x-bench-in: v" -H "x-api-key: bench-key")
 NGX_PIDS=0
