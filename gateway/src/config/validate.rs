@@ -166,7 +166,7 @@ impl Validator {
                 self.r.error(
                     &n.span(),
                     format!("plugin_instance_slots {} is above {MAX_INSTANCE_SLOTS}", n.get_ref()),
-                    "each slot reserves about 4 GiB of address space (not memory); use at most 10000",
+                    format!("each slot reserves about 4 GiB of address space (not memory); use at most {MAX_INSTANCE_SLOTS}"),
                 );
                 DEFAULT_INSTANCE_SLOTS
             }
