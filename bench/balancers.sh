@@ -29,14 +29,12 @@ LOAD_CPU=1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RESULTS="${RESULTS:-$ROOT/bench/results/balancers.md}"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
 
 log() { printf '[bench-balancers] %s\n' "$*" >&2; }
 die() { printf '[bench-balancers] error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+WASMGATE_BIN="${WASMGATE_BIN:-$(default_wasmgate_bin)}"
 
 for v in ROUNDS DURATION WARMUP CONNS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"

@@ -1,5 +1,42 @@
 # Helpers shared by the bench scripts and scripts/pgo.sh; source it after
-# defining `die`.
+# defining `log` and `die` (and ROOT, the repository).
+
+# default_wasmgate_bin: the gateway the bench scripts run unless
+# WASMGATE_BIN is set: the profile-guided build with PGO=1 (scripts/pgo.sh),
+# else the release build under CARGO_TARGET_DIR (default target/).
+default_wasmgate_bin() {
+    if [ "${PGO:-0}" = 1 ]; then
+        echo "$ROOT/target/pgo/release/wasmgate"
+        return
+    fi
+    local dir="${CARGO_TARGET_DIR:-$ROOT/target}"
+    case "$dir" in /*) ;; *) dir="$ROOT/$dir" ;; esac
+    echo "$dir/release/wasmgate"
+}
+
+# build_gateway: builds that binary (PGO=1: all of scripts/pgo.sh).
+build_gateway() {
+    if [ "${PGO:-0}" = 1 ]; then
+        "$ROOT/scripts/pgo.sh" >&2
+    else
+        (cd "$ROOT" && cargo build --release -p wasmgate) >&2
+    fi
+}
+
+# install_missing <command:package>...: installs with apt-get the package of
+# every command that is missing (needs root on Debian).
+install_missing() {
+    local need=() c
+    for c in "$@"; do
+        command -v "${c%%:*}" >/dev/null 2>&1 || need+=("${c#*:}")
+    done
+    [ "${#need[@]}" -gt 0 ] || return 0
+    [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 \
+        || die "missing: ${need[*]}; run as root on Debian or install them"
+    log "installing: ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+}
 
 # free_ports <n>: n free loopback ports, bound all at once to :0 so they are
 # distinct.

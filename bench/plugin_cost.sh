@@ -47,19 +47,13 @@ PGO="${PGO:-0}"
 UPSTREAM="${UPSTREAM:-0}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RESULTS="${RESULTS:-$ROOT/bench/results/plugin_cost.md}"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-if [ "$PGO" = 1 ]; then
-    WASMGATE_BIN="${WASMGATE_BIN:-$ROOT/target/pgo/release/wasmgate}"
-else
-    WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
-fi
 WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 
 log() { printf '[plugin-cost] %s\n' "$*" >&2; }
 die() { printf '[plugin-cost] error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+WASMGATE_BIN="${WASMGATE_BIN:-$(default_wasmgate_bin)}"
 
 for v in ROUNDS DURATION CONNS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
@@ -73,11 +67,7 @@ done
 if [ "$NO_BUILD" != 1 ]; then
     log "building the plugins and the release gateway"
     (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2) >&2
-    if [ "$PGO" = 1 ]; then
-        "$ROOT/scripts/pgo.sh" >&2
-    else
-        (cd "$ROOT" && cargo build --release -p wasmgate) >&2
-    fi
+    build_gateway
 fi
 [ -x "$WASMGATE_BIN" ] || die "no binary at $WASMGATE_BIN"
 COMPARE="${COMPARE:-}"

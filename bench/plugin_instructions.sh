@@ -32,39 +32,22 @@ KEEP="${KEEP:-0}"
 UPSTREAM="${UPSTREAM:-0}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RESULTS="${RESULTS:-$ROOT/bench/results/plugin_instructions.md}"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-if [ "$PGO" = 1 ]; then
-    WASMGATE_BIN="${WASMGATE_BIN:-$ROOT/target/pgo/release/wasmgate}"
-else
-    WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
-fi
 WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 
 log() { printf '[plugin-instructions] %s\n' "$*" >&2; }
 die() { printf '[plugin-instructions] error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+WASMGATE_BIN="${WASMGATE_BIN:-$(default_wasmgate_bin)}"
 
 [[ "$N" =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer (got '$N')"
-missing=()
-command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
-command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-[ "$UPSTREAM" != 1 ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-fi
+tools=(valgrind:valgrind callgrind_control:valgrind h2load:nghttp2-client curl:curl)
+[ "$UPSTREAM" != 1 ] || tools+=(nginx:nginx)
+install_missing "${tools[@]}"
 if [ "$NO_BUILD" != 1 ]; then
     log "building the plugins and the gateway"
     (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2) >&2
-    if [ "$PGO" = 1 ]; then
-        "$ROOT/scripts/pgo.sh" >&2
-    else
-        (cd "$ROOT" && cargo build --release -p wasmgate) >&2
-    fi
+    build_gateway
 fi
 [ -x "$WASMGATE_BIN" ] || die "no binary at $WASMGATE_BIN"
 check_plugin_files "$WASM"

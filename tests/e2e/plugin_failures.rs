@@ -4,7 +4,7 @@
 //! the log), the instance is replaced, and the gateway keeps serving.
 //! `failure = "open"` skips a failing plugin instead.
 
-use crate::plugins::{config, get, has_field};
+use crate::plugins::{config, get, has_field, with_side};
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
 use wasmgate_e2e::client::Http1;
@@ -312,11 +312,7 @@ async fn a_request_without_a_free_instance_slot_gets_503() -> Result<()> {
     side.set_mode(Mode::Hang);
     let decl = plugins::decl("p", "http_caller", "failure_status = 500");
     let rest = format!(
-        r#"
-[[upstreams]]
-name = "side"
-endpoints = ["{side}"]
-{decl}
+        r#"{decl}
 [[routes]]
 name = "fail"
 path_prefix = "/fail"
@@ -327,10 +323,12 @@ plugins = [ {{ plugin = "p", config = {{ upstream = "side", timeout_ms = 3000 }}
 name = "ok"
 path_prefix = "/ok"
 upstream = "backend"
-"#,
-        side = side.addr()
+"#
     );
-    let toml = format!("plugin_instance_slots = 1\n{}", config(echo.addr(), &rest));
+    let toml = format!(
+        "plugin_instance_slots = 1\n{}",
+        with_side(echo.addr(), side.addr(), &rest)
+    );
     let mut gw = Gateway::start(&toml).await?;
     let http = Http1::new();
 

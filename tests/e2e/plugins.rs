@@ -33,6 +33,15 @@ endpoints = ["{echo}"]
     )
 }
 
+/// Like [`config`], plus an upstream `side` at `side` for plugins' outbound
+/// calls.
+pub fn with_side(echo: SocketAddr, side: SocketAddr, rest: &str) -> String {
+    config(
+        echo,
+        &format!("\n[[upstreams]]\nname = \"side\"\nendpoints = [\"{side}\"]\n{rest}"),
+    )
+}
+
 /// `GET url` with an `x-request-id` and extra headers, fully read.
 pub async fn get(http: &Http1, url: &str, id: &str, headers: &[(&str, &str)]) -> Result<Resp> {
     let mut req = Request::get(url).header("x-request-id", id);
@@ -366,14 +375,11 @@ async fn outbound_calls_reach_configured_upstreams_only() -> Result<()> {
     let wasm = plugins::decl("caller", "http_caller", "");
     let echo = upstream::echo().await?;
     let side = upstream::echo().await?;
-    let config = config(
+    let config = with_side(
         echo.addr(),
+        side.addr(),
         &format!(
-            r#"
-[[upstreams]]
-name = "side"
-endpoints = ["{side}"]
-{wasm}
+            r#"{wasm}
 [[routes]]
 name = "ok"
 path_prefix = "/ok"
@@ -385,8 +391,7 @@ name = "bad"
 path_prefix = "/bad"
 upstream = "backend"
 plugins = [ {{ plugin = "caller", config = {{ upstream = "nope", path = "/ping" }} }} ]
-"#,
-            side = side.addr()
+"#
         ),
     );
     let gw = Gateway::start(&config).await?;
@@ -422,20 +427,16 @@ async fn waiting_for_an_outbound_call_is_not_cpu_time() -> Result<()> {
     let echo = upstream::echo().await?;
     let side = upstream::controlled("side").await?;
     side.set_mode(upstream::Mode::Slow(Duration::from_millis(150)));
-    let config = config(
+    let config = with_side(
         echo.addr(),
+        side.addr(),
         &format!(
-            r#"
-[[upstreams]]
-name = "side"
-endpoints = ["{side}"]
-{wasm}
+            r#"{wasm}
 [[routes]]
 name = "slow"
 upstream = "backend"
 plugins = [ {{ plugin = "caller", config = {{ upstream = "side", timeout_ms = 2000 }} }} ]
-"#,
-            side = side.addr()
+"#
         ),
     );
     let gw = Gateway::start(&config).await?;
