@@ -139,6 +139,7 @@ pub async fn accept_loop(a: Accepting) {
         let ctx = Arc::new(ConnCtx {
             listener: name.clone(),
             client: peer,
+            client_ip: crate::proxy::ClientIp::new(peer.ip()),
             tls: cfg.tls.is_some(),
             trust_forwarded: cfg.trust_forwarded,
             limits,

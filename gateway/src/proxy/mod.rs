@@ -22,7 +22,7 @@ mod headers;
 mod upgrade;
 
 pub use error::ProxyError;
-pub use headers::is_upgrade;
+pub use headers::{is_upgrade, ClientIp};
 
 use crate::config::{DirectResponse, HeaderOps, Limits, RouteAction, RouteUpstreamPolicy};
 use crate::metrics::{self, RouteLabel, RouteStatus};
@@ -45,6 +45,8 @@ use std::time::Instant;
 pub struct ConnCtx {
     pub listener: Arc<str>,
     pub client: SocketAddr,
+    /// `client`'s IP as header text, for the forwarding headers.
+    pub client_ip: headers::ClientIp,
     pub tls: bool,
     pub trust_forwarded: bool,
     pub limits: Limits,
@@ -558,7 +560,7 @@ async fn forward(
     headers::add_forwarding(
         headers,
         &ClientSide {
-            addr: conn.client,
+            ip: &conn.client_ip,
             tls: conn.tls,
             host: authority,
             trust_forwarded: conn.trust_forwarded,

@@ -26,6 +26,7 @@ use budget::RetryBudget;
 use bytes::Bytes;
 use connect::{ConnectError, Connector};
 use endpoints::{Endpoint, EndpointSet};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, Request, Response, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
@@ -208,10 +209,9 @@ impl Upstream {
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
         let pq = req.uri().path_and_query().cloned();
-        let path = pq.as_ref().map_or("/", |p| p.as_str());
         match &self.transport {
             Transport::Http1(client) => {
-                *req.uri_mut() = absolute("http", endpoint, path)?;
+                *req.uri_mut() = absolute(Scheme::HTTP, endpoint, pq)?;
                 *req.version_mut() = Version::HTTP_11;
                 client.request(req).await.map_err(|e| {
                     if !e.is_connect() {
@@ -232,11 +232,11 @@ impl Upstream {
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or(endpoint);
                 let scheme = if self.connector.is_tls() {
-                    "https"
+                    Scheme::HTTPS
                 } else {
-                    "http"
+                    Scheme::HTTP
                 };
-                *req.uri_mut() = absolute(scheme, authority, path)?;
+                *req.uri_mut() = absolute(scheme, authority, pq)?;
                 *req.version_mut() = Version::HTTP_2;
                 pool.send(endpoint, req).await
             }
@@ -252,10 +252,21 @@ fn spawn_task(f: impl std::future::Future<Output = ()> + Send + 'static) {
     }
 }
 
-fn absolute(scheme: &str, authority: &str, path: &str) -> Result<Uri, SendError> {
-    format!("{scheme}://{authority}{path}")
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| SendError::Exchange(e.into()))
+/// The absolute-form URI for the upstream request, from parts already
+/// parsed (no string to format and parse again).
+fn absolute(
+    scheme: Scheme,
+    authority: &str,
+    path_and_query: Option<PathAndQuery>,
+) -> Result<Uri, SendError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(
+        Authority::try_from(authority)
+            .map_err(|e: http::uri::InvalidUri| SendError::Exchange(e.into()))?,
+    );
+    parts.path_and_query = Some(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).map_err(|e| SendError::Exchange(e.into()))
 }
 
 fn find_connect_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
