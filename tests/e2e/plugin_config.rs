@@ -57,6 +57,18 @@ async fn check_fails(dir: &Path, toml: &str, line: usize, needle: &str) -> Resul
     Ok(())
 }
 
+/// Writes `toml` as the config and checks that `wasmgate check` accepts it.
+async fn check_passes(dir: &Path, toml: &str, what: &str) -> Result<()> {
+    std::fs::write(dir.join("config.toml"), toml)?;
+    let out = check(dir, "config.toml").await?;
+    ensure!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn check_rejects_plugins_that_cannot_start() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -110,14 +122,7 @@ async fn check_rejects_plugins_that_cannot_start() -> Result<()> {
     // A relative path is relative to the config file's directory.
     std::fs::copy(plugins::path("hello_header"), dir.join("rel.wasm"))?;
     let toml = with_plugin("\"rel.wasm\"", "", r#"{ greeting = "hi" }"#);
-    std::fs::write(dir.join("config.toml"), &toml)?;
-    let out = check(dir, "config.toml").await?;
-    ensure!(
-        out.status.success(),
-        "a good relative plugin path failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    check_passes(dir, &toml, "a good relative plugin path").await
 }
 
 #[tokio::test]
@@ -180,15 +185,6 @@ status = 200
     check_fails(dir, &bad, 1, "is above 10000").await?;
 
     // Enough slots: fine.
-    std::fs::write(
-        dir.join("config.toml"),
-        two.replace("slots = 1", "slots = 2"),
-    )?;
-    let out = check(dir, "config.toml").await?;
-    ensure!(
-        out.status.success(),
-        "two slots for two pools failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    let enough = two.replace("slots = 1", "slots = 2");
+    check_passes(dir, &enough, "two slots for two pools").await
 }

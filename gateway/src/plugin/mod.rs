@@ -391,15 +391,12 @@ impl Chain<'_> {
         request_id: &str,
         phase: &str,
     ) -> Option<Outcome> {
-        let result = match result {
-            Ok(Verdict::Replace(new)) => {
-                if let Some(body) = body.as_deref_mut() {
-                    *body = new;
-                }
-                return None;
+        if let Ok(Verdict::Replace(new)) = result {
+            if let Some(body) = body.as_deref_mut() {
+                *body = new;
             }
-            other => other,
-        };
+            return None;
+        }
         self.settle(link, result, request_id, phase)
     }
 
