@@ -127,6 +127,62 @@ plugins = [ {{ plugin = "hello", config = {{ greeting = "hi there" }} }} ]
     Ok(())
 }
 
+/// A plugin's header changes apply in order, a read in between sees those
+/// before it, and the next plugin of the chain, the upstream and the client
+/// see all of them.
+#[tokio::test]
+async fn header_changes_apply_in_order_and_reads_see_them() -> Result<()> {
+    let wasm = plugins::decl("edits", "header_edits", "") + &plugins::decl("one", "header_one", "");
+    let echo = upstream::echo().await?;
+    let config = config(
+        echo.addr(),
+        &format!(
+            r#"{wasm}
+[[routes]]
+name = "api"
+upstream = "backend"
+plugins = [
+  {{ plugin = "edits", config = {{ request = [
+      ["set", "x-a", "1"], ["append", "x-a", "2"], ["remove", "x-drop"],
+      ["copy", "x-a", "x-a-seen"], ["copy", "x-drop", "x-drop-seen"],
+      ["set", "x-keep", "new"], ["set", "x-late", "3"], ["append", "x-late", "4"],
+    ], response = [
+      ["remove", "content-type"], ["set", "x-r", "1"], ["copy", "x-r", "x-r-seen"],
+      ["copy", "content-type", "x-ct-seen"],
+    ] }} }},
+  {{ plugin = "one", config = {{ read = "x-late", write = "x-late-seen" }} }},
+]
+"#
+        ),
+    );
+    let gw = Gateway::start(&config).await?;
+    let resp = get(
+        &Http1::new(),
+        &gw.url("main", "/x"),
+        "edits-1",
+        &[("x-drop", "gone"), ("x-keep", "old")],
+    )
+    .await?;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    // The upstream saw every change, in order.
+    assert_eq!(echoed(&resp, "x-a")?, ["1", "2"]);
+    assert_eq!(echoed(&resp, "x-a-seen")?, ["1", "2"]);
+    assert!(echoed(&resp, "x-drop")?.is_empty());
+    assert!(echoed(&resp, "x-drop-seen")?.is_empty());
+    assert_eq!(echoed(&resp, "x-keep")?, ["new"]);
+    assert_eq!(echoed(&resp, "x-late")?, ["3", "4"]);
+    // The next plugin read the first value of a header set after the
+    // read above.
+    assert_eq!(echoed(&resp, "x-late-seen")?, ["3"]);
+    // The response phase: the echo upstream's `content-type` removed
+    // before the read, `x-r` set before it.
+    assert_eq!(resp.header("x-r"), Some("1"));
+    assert_eq!(resp.header("x-r-seen"), Some("1"));
+    assert_eq!(resp.header("content-type"), None);
+    assert_eq!(resp.header("x-ct-seen"), None);
+    Ok(())
+}
+
 #[tokio::test]
 async fn deny_header_short_circuits_the_chain_and_the_upstream() -> Result<()> {
     let wasm =

@@ -105,16 +105,37 @@ impl PluginEngine {
                 c
             }
         };
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("{} cannot be linked: {e:#}", path.display()))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            format!(
+                "{} cannot be linked: {e:#}{}",
+                path.display(),
+                version_hint(&e)
+            )
+        })?;
         FilterPre::new(pre).map_err(|e| {
             format!(
-                "{} does not export the wasmgate filter world: {e:#}",
-                path.display()
+                "{} does not export the wasmgate filter world: {e:#}{}",
+                path.display(),
+                version_hint(&e)
             )
         })
+    }
+}
+
+/// The version of the WIT package this gateway hosts (`wit/plugin.wit`).
+pub const WIT_VERSION: &str = "0.2.0";
+
+/// When a component does not fit because it was built against another
+/// version of the plugin interface, says so.
+fn version_hint(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    if text.contains("wasmgate:plugin/") && !text.contains(&format!("@{WIT_VERSION}")) {
+        format!(
+            " (this gateway hosts wasmgate:plugin@{WIT_VERSION}: rebuild the plugin \
+             against it, with the wasmgate-plugin SDK of this release)"
+        )
+    } else {
+        String::new()
     }
 }
 
@@ -195,4 +216,74 @@ fn hash(bytes: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component that imports `name` as an instance with one function,
+    /// `log: func()`.
+    fn importing(name: &str) -> Vec<u8> {
+        use wasm_encoder::{
+            Component, ComponentImportSection, ComponentTypeRef, ComponentTypeSection,
+            ComponentValType, InstanceType,
+        };
+        let mut instance = InstanceType::new();
+        instance
+            .ty()
+            .function()
+            .params(std::iter::empty::<(&str, ComponentValType)>())
+            .result(None);
+        instance.export("log", ComponentTypeRef::Func(0));
+        let mut types = ComponentTypeSection::new();
+        types.instance(&instance);
+        let mut imports = ComponentImportSection::new();
+        imports.import(name, ComponentTypeRef::Instance(0));
+        let mut component = Component::new();
+        component.section(&types).section(&imports);
+        component.finish()
+    }
+
+    fn link(name: &str) -> String {
+        let engine = match PluginEngine::new(None, 4) {
+            Ok(engine) => engine,
+            Err(e) => panic!("no engine: {e:#}"),
+        };
+        let path = std::env::temp_dir().join(format!(
+            "wasmgate-link-{}-{}.wasm",
+            std::process::id(),
+            name.replace(['/', ':', '@'], "-")
+        ));
+        if let Err(e) = std::fs::write(&path, importing(name)) {
+            panic!("cannot write {}: {e}", path.display());
+        }
+        let result = engine.prepare(&path);
+        let _ = std::fs::remove_file(&path);
+        match result {
+            Ok(_) => panic!("{name} linked"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_plugin_built_for_another_interface_version_is_told_to_rebuild() {
+        let e = link("wasmgate:plugin/host@0.1.0");
+        assert!(e.contains("cannot be linked"), "{e}");
+        assert!(e.contains("wasmgate:plugin/host@0.1.0"), "{e}");
+        assert!(
+            e.contains("this gateway hosts wasmgate:plugin@0.2.0: rebuild the plugin"),
+            "{e}"
+        );
+        // Other link failures get no such advice.
+        let e = link("example:elsewhere/thing@1.0.0");
+        assert!(e.contains("cannot be linked"), "{e}");
+        assert!(!e.contains("rebuild"), "{e}");
+    }
+
+    #[test]
+    fn the_hosted_version_is_the_wit_files() {
+        let wit = include_str!("../../../wit/plugin.wit");
+        assert!(wit.contains(&format!("package wasmgate:plugin@{WIT_VERSION};")));
+    }
 }

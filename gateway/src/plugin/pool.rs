@@ -5,7 +5,7 @@
 
 use super::bindings::{wasmgate::plugin::types, FilterPre};
 use super::engine::{PluginEngine, WouldWait, EPOCH_TICK};
-use super::state::{PluginState, RequestRes, ResponseRes};
+use super::state::{header_pair, PluginState, RequestRes, ResponseRes};
 use super::{
     Isolation, Outbound, Phases, PluginError, PluginMeta, PluginReply, PluginRequest,
     PluginResponse, Verdict,
@@ -497,10 +497,7 @@ fn reply(r: types::Response, max: usize) -> Result<PluginReply, PluginError> {
         .ok_or(PluginError::Invalid(format!("invalid status {}", r.status)))?;
     let mut headers = HeaderMap::new();
     for (k, v) in r.headers {
-        let n = http::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| PluginError::Invalid(format!("invalid header name `{k}`")))?;
-        let v = http::HeaderValue::from_bytes(&v)
-            .map_err(|_| PluginError::Invalid(format!("invalid value for header `{k}`")))?;
+        let (n, v) = header_pair(&k, &v).map_err(PluginError::Invalid)?;
         headers.append(n, v);
     }
     Ok(PluginReply {

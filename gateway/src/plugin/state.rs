@@ -81,7 +81,7 @@ fn header_list(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn header_pair(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+pub(super) fn header_pair(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("invalid header name `{name}`"))?;
     let v =
