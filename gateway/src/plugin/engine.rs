@@ -132,7 +132,7 @@ fn version_hint(e: &wasmtime::Error) -> String {
     if text.contains("wasmgate:plugin/") && !text.contains(&format!("@{WIT_VERSION}")) {
         format!(
             " (this gateway hosts wasmgate:plugin@{WIT_VERSION}: rebuild the plugin \
-             against it, with the wasmgate-plugin SDK of this release)"
+             against it, with the wasmgate-plugin-sdk crate of this release)"
         )
     } else {
         String::new()
@@ -282,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hosted_version_is_the_wit_files() {
+    fn the_hosted_version_is_the_one_in_wit() {
         let wit = include_str!("../../../wit/plugin.wit");
         assert!(wit.contains(&format!("package wasmgate:plugin@{WIT_VERSION};")));
     }

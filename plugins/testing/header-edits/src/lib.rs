@@ -28,17 +28,16 @@ struct Config {
 
 fn steps(script: Vec<Vec<String>>) -> Result<Vec<Step>, String> {
     script
-        .into_iter()
-        .map(|step| match <[String; 3]>::try_from(step) {
-            Ok([op, a, b]) if op == "set" => Ok(Step::Set(a, b)),
-            Ok([op, a, b]) if op == "append" => Ok(Step::Append(a, b)),
-            Ok([op, a, b]) if op == "copy" => Ok(Step::Copy(a, b)),
-            Ok(step) => Err(format!("unknown step {step:?}")),
-            Err(step) => match <[String; 2]>::try_from(step) {
-                Ok([op, a]) if op == "remove" => Ok(Step::Remove(a)),
-                Ok(step) => Err(format!("unknown step {step:?}")),
-                Err(step) => Err(format!("unknown step {step:?}")),
-            },
+        .iter()
+        .map(|step| {
+            let s = |i: usize| step[i].clone();
+            match step.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                ["set", _, _] => Ok(Step::Set(s(1), s(2))),
+                ["append", _, _] => Ok(Step::Append(s(1), s(2))),
+                ["remove", _] => Ok(Step::Remove(s(1))),
+                ["copy", _, _] => Ok(Step::Copy(s(1), s(2))),
+                _ => Err(format!("unknown step {step:?}")),
+            }
         })
         .collect()
 }
