@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit tests, end-to-end tests and
-# config golden tests. Installs what it needs on a fresh Debian machine.
+# The whole test suite: formatting, lints, unit tests, end-to-end tests,
+# config golden tests and the plugin SDK's tests. Installs what it needs on a fresh Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,8 @@ cargo build -p wasmgate --bin wasmgate
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace -- --test-threads=2 2>&1 | tee "$log"
+echo "== plugins: SDK unit and doc tests (native)"
+(cd plugins && cargo test -p wasmgate-plugin-sdk -- --test-threads=2) 2>&1 | tee -a "$log"
 # One closing line for the whole run (cargo prints one per test binary,
 # ending with the doc tests, which may be empty).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
