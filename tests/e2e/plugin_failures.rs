@@ -4,7 +4,7 @@
 //! the log), the instance is replaced, and the gateway keeps serving.
 //! `failure = "open"` skips a failing plugin instead.
 
-use crate::plugins::{config, get, has_field, with_side};
+use crate::plugins::{api_route, config, get, has_field, with_side};
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
 use wasmgate_e2e::client::Http1;
@@ -259,19 +259,13 @@ async fn a_fail_open_plugin_is_skipped_and_the_chain_goes_on() -> Result<()> {
     let wasm = plugins::decl("p", "trap", r#"failure = "open""#)
         + &plugins::decl("hello", "hello_header", "");
     let echo = upstream::echo().await?;
-    let config = config(
+    let config = api_route(
         echo.addr(),
-        &format!(
-            r#"{wasm}
-[[routes]]
-name = "api"
-upstream = "backend"
-plugins = [
-  {{ plugin = "p", config = {{ phase = "request" }} }},
-  {{ plugin = "hello", config = {{ greeting = "still here" }} }},
-]
-"#
-        ),
+        &wasm,
+        r#"[
+  { plugin = "p", config = { phase = "request" } },
+  { plugin = "hello", config = { greeting = "still here" } },
+]"#,
     );
     let mut gw = Gateway::start(&config).await?;
     let http = Http1::new();

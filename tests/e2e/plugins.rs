@@ -33,6 +33,15 @@ endpoints = ["{echo}"]
     )
 }
 
+/// [`config`] with one route, `api`, to `backend` through the plugin
+/// chain `chain` (a TOML array); `wasm` declares the plugins.
+pub fn api_route(echo: SocketAddr, wasm: &str, chain: &str) -> String {
+    config(
+        echo,
+        &format!("{wasm}\n[[routes]]\nname = \"api\"\nupstream = \"backend\"\nplugins = {chain}\n"),
+    )
+}
+
 /// Like [`config`], plus an upstream `side` at `side` for plugins' outbound
 /// calls.
 pub fn with_side(echo: SocketAddr, side: SocketAddr, rest: &str) -> String {
@@ -80,16 +89,10 @@ pub async fn access_line(gw: &mut Gateway, id: &str) -> Result<String> {
 async fn hello_header_changes_the_request_and_the_response() -> Result<()> {
     let wasm = plugins::decl("hello", "hello_header", "");
     let echo = upstream::echo().await?;
-    let config = config(
+    let config = api_route(
         echo.addr(),
-        &format!(
-            r#"{wasm}
-[[routes]]
-name = "api"
-upstream = "backend"
-plugins = [ {{ plugin = "hello", config = {{ greeting = "hi there" }} }} ]
-"#
-        ),
+        &wasm,
+        r#"[ { plugin = "hello", config = { greeting = "hi there" } } ]"#,
     );
     let mut gw = Gateway::start(&config).await?;
     let resp = get(&Http1::new(), &gw.url("main", "/x"), "hello-1", &[]).await?;
@@ -134,26 +137,20 @@ plugins = [ {{ plugin = "hello", config = {{ greeting = "hi there" }} }} ]
 async fn header_changes_apply_in_order_and_reads_see_them() -> Result<()> {
     let wasm = plugins::decl("edits", "header_edits", "") + &plugins::decl("one", "header_one", "");
     let echo = upstream::echo().await?;
-    let config = config(
+    let config = api_route(
         echo.addr(),
-        &format!(
-            r#"{wasm}
-[[routes]]
-name = "api"
-upstream = "backend"
-plugins = [
-  {{ plugin = "edits", config = {{ request = [
+        &wasm,
+        r#"[
+  { plugin = "edits", config = { request = [
       ["set", "x-a", "1"], ["append", "x-a", "2"], ["remove", "x-drop"],
       ["copy", "x-a", "x-a-seen"], ["copy", "x-drop", "x-drop-seen"],
       ["set", "x-keep", "new"], ["set", "x-late", "3"], ["append", "x-late", "4"],
     ], response = [
       ["remove", "content-type"], ["set", "x-r", "1"], ["copy", "x-r", "x-r-seen"],
       ["copy", "content-type", "x-ct-seen"],
-    ] }} }},
-  {{ plugin = "one", config = {{ read = "x-late", write = "x-late-seen" }} }},
-]
-"#
-        ),
+    ] } },
+  { plugin = "one", config = { read = "x-late", write = "x-late-seen" } },
+]"#,
     );
     let gw = Gateway::start(&config).await?;
     let resp = get(
@@ -188,19 +185,13 @@ async fn deny_header_short_circuits_the_chain_and_the_upstream() -> Result<()> {
     let wasm =
         plugins::decl("hello", "hello_header", "") + &plugins::decl("deny", "deny_header", "");
     let echo = upstream::echo().await?;
-    let config = config(
+    let config = api_route(
         echo.addr(),
-        &format!(
-            r#"{wasm}
-[[routes]]
-name = "api"
-upstream = "backend"
-plugins = [
-  {{ plugin = "hello", config = {{ greeting = "before" }} }},
-  {{ plugin = "deny", config = {{ header = "x-block", status = 403, message = "blocked" }} }},
-]
-"#
-        ),
+        &wasm,
+        r#"[
+  { plugin = "hello", config = { greeting = "before" } },
+  { plugin = "deny", config = { header = "x-block", status = 403, message = "blocked" } },
+]"#,
     );
     let gw = Gateway::start(&config).await?;
     let http = Http1::new();
@@ -222,19 +213,13 @@ plugins = [
 async fn key_auth_admits_known_keys_and_names_the_consumer() -> Result<()> {
     let wasm = plugins::decl("auth", "key_auth", "") + &plugins::decl("ctx", "context_echo", "");
     let echo = upstream::echo().await?;
-    let config = config(
+    let config = api_route(
         echo.addr(),
-        &format!(
-            r#"{wasm}
-[[routes]]
-name = "api"
-upstream = "backend"
-plugins = [
-  {{ plugin = "auth", config = {{ header = "x-api-key", keys = {{ k1 = "alice" }} }} }},
-  {{ plugin = "ctx", config = {{ echo = ["consumer"] }} }},
-]
-"#
-        ),
+        &wasm,
+        r#"[
+  { plugin = "auth", config = { header = "x-api-key", keys = { k1 = "alice" } } },
+  { plugin = "ctx", config = { echo = ["consumer"] } },
+]"#,
     );
     let mut gw = Gateway::start(&config).await?;
     let http = Http1::new();
@@ -285,20 +270,14 @@ async fn context_flows_along_the_chain_and_into_the_access_log() -> Result<()> {
         plugins::decl("hello", "hello_header", "") + &plugins::decl("ctx", "context_echo", "");
     let echo = upstream::echo().await?;
     // The same plugin twice with two configs: one sets, the other reports.
-    let config = config(
+    let config = api_route(
         echo.addr(),
-        &format!(
-            r#"{wasm}
-[[routes]]
-name = "api"
-upstream = "backend"
-plugins = [
-  {{ plugin = "hello", config = {{ greeting = "hey" }} }},
-  {{ plugin = "ctx", config = {{ set = {{ tier = "gold" }} }} }},
-  {{ plugin = "ctx", config = {{ echo = ["greeting", "tier", "absent"] }} }},
-]
-"#
-        ),
+        &wasm,
+        r#"[
+  { plugin = "hello", config = { greeting = "hey" } },
+  { plugin = "ctx", config = { set = { tier = "gold" } } },
+  { plugin = "ctx", config = { echo = ["greeting", "tier", "absent"] } },
+]"#,
     );
     let mut gw = Gateway::start(&config).await?;
     let resp = get(&Http1::new(), &gw.url("main", "/"), "ctx-1", &[]).await?;
@@ -319,19 +298,13 @@ async fn rate_limit_groups_by_the_consumer_key_auth_set() -> Result<()> {
     let wasm = plugins::decl("auth", "key_auth", "") + &plugins::decl("rl", "rate_limit", "");
     let echo = upstream::echo().await?;
     // A one-day window, so that no window boundary falls inside the test.
-    let config = config(
+    let config = api_route(
         echo.addr(),
-        &format!(
-            r#"{wasm}
-[[routes]]
-name = "api"
-upstream = "backend"
-plugins = [
-  {{ plugin = "auth", config = {{ keys = {{ ka = "alice", kb = "bob" }} }} }},
-  {{ plugin = "rl", config = {{ limit = 2, window_ms = 86400000, key = "consumer" }} }},
-]
-"#
-        ),
+        &wasm,
+        r#"[
+  { plugin = "auth", config = { keys = { ka = "alice", kb = "bob" } } },
+  { plugin = "rl", config = { limit = 2, window_ms = 86400000, key = "consumer" } },
+]"#,
     );
     let gw = Gateway::start(&config).await?;
     let http = Http1::new();
@@ -374,17 +347,7 @@ async fn kv_increments_are_atomic_under_concurrent_requests() -> Result<()> {
     const PER_TASK: usize = 25;
     let wasm = plugins::decl("counter", "kv_counter", "");
     let echo = upstream::echo().await?;
-    let config = config(
-        echo.addr(),
-        &format!(
-            r#"{wasm}
-[[routes]]
-name = "api"
-upstream = "backend"
-plugins = [ {{ plugin = "counter" }} ]
-"#
-        ),
-    );
+    let config = api_route(echo.addr(), &wasm, r#"[ { plugin = "counter" } ]"#);
     let gw = Gateway::start(&config).await?;
     let url = gw.url("main", "/count");
     let mut tasks = tokio::task::JoinSet::new();
@@ -721,19 +684,13 @@ async fn a_plugin_is_called_only_in_the_phases_it_declares() -> Result<()> {
     // header-one declares the request-headers phase only; hello-header both.
     let wasm = plugins::decl("one", "header_one", "") + &plugins::decl("hello", "hello_header", "");
     let echo = upstream::echo().await?;
-    let config = config(
+    let config = api_route(
         echo.addr(),
-        &format!(
-            r#"{wasm}
-[[routes]]
-name = "api"
-upstream = "backend"
-plugins = [
-  {{ plugin = "one" }},
-  {{ plugin = "hello", config = {{ greeting = "hi" }} }},
-]
-"#
-        ),
+        &wasm,
+        r#"[
+  { plugin = "one" },
+  { plugin = "hello", config = { greeting = "hi" } },
+]"#,
     );
     let gw = Gateway::start(&config).await?;
     let http = Http1::new();
