@@ -50,7 +50,10 @@ pub struct InstancePool {
     config: String,
     outbound: Arc<dyn Outbound>,
     isolation: Isolation,
-    idle: Mutex<Vec<Instance>>,
+    /// Boxed: a call moves its instance out of here, through the call
+    /// and back, and a pointer is cheaper to move than the instance.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Instance>>>,
     /// The phases the plugin declared with this config (from the first
     /// instance; every instance with the same config must agree).
     pub phases: Phases,
@@ -101,7 +104,7 @@ impl InstancePool {
         Ok(Arc::new(pool))
     }
 
-    async fn instantiate<M: Mode>(&self) -> Result<Instance, PluginError> {
+    async fn instantiate<M: Mode>(&self) -> Result<Box<Instance>, PluginError> {
         let limits = &self.meta.limits;
         let state = PluginState {
             table: wasmtime::component::ResourceTable::new(),
@@ -140,7 +143,7 @@ impl InstancePool {
         let request_slot = lend(&mut store, RequestRes(PluginRequest::placeholder()));
         let response_slot = lend(&mut store, ResponseRes(PluginResponse::placeholder()));
         self.meta.metrics.instances(&self.meta.name, 1);
-        Ok(Instance {
+        Ok(Box::new(Instance {
             store,
             exports,
             request_slot,
@@ -152,10 +155,10 @@ impl InstancePool {
                 request_body: phases.contains(types::Phases::REQUEST_BODY),
                 response_body: phases.contains(types::Phases::RESPONSE_BODY),
             },
-        })
+        }))
     }
 
-    async fn checkout<M: Mode>(&self) -> Result<Instance, PluginError> {
+    async fn checkout<M: Mode>(&self) -> Result<Box<Instance>, PluginError> {
         if self.isolation == Isolation::Reuse {
             let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
             if let Some(i) = idle {
@@ -165,7 +168,7 @@ impl InstancePool {
         self.instantiate::<M>().await
     }
 
-    fn checkin(&self, mut inst: Instance) {
+    fn checkin(&self, mut inst: Box<Instance>) {
         inst.uses += 1;
         let keep =
             self.isolation == Isolation::Reuse && inst.uses < self.meta.limits.max_instance_uses;
@@ -180,7 +183,7 @@ impl InstancePool {
         self.meta.metrics.instances(&self.meta.name, -1);
     }
 
-    fn discard(&self, inst: Instance) {
+    fn discard(&self, inst: Box<Instance>) {
         drop(inst);
         self.meta.metrics.instances(&self.meta.name, -1);
     }
@@ -252,7 +255,7 @@ impl InstancePool {
 
     fn finish(
         &self,
-        inst: Instance,
+        inst: Box<Instance>,
         outcome: wasmtime::Result<Raw>,
         started: Instant,
     ) -> Result<Verdict, PluginError> {
@@ -497,7 +500,7 @@ fn reply(r: types::Response, max: usize) -> Result<PluginReply, PluginError> {
         .ok_or(PluginError::Invalid(format!("invalid status {}", r.status)))?;
     let mut headers = HeaderMap::new();
     for (k, v) in r.headers {
-        let (n, v) = header_pair(&k, &v).map_err(PluginError::Invalid)?;
+        let (n, v) = header_pair(&k, v).map_err(PluginError::Invalid)?;
         headers.append(n, v);
     }
     Ok(PluginReply {

@@ -4,6 +4,7 @@
 
 use super::bindings::wasmgate::plugin::{host, types};
 use super::{Outbound, PluginMeta, PluginRequest, PluginResponse};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,15 +82,17 @@ fn header_list(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-pub(super) fn header_pair(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+/// A header from a plugin. The value keeps the buffer it was lifted into
+/// (no second copy).
+pub(super) fn header_pair(name: &str, value: Vec<u8>) -> Result<(HeaderName, HeaderValue), String> {
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("invalid header name `{name}`"))?;
-    let v =
-        HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header `{name}`"))?;
+    let v = HeaderValue::from_maybe_shared(Bytes::from(value))
+        .map_err(|_| format!("invalid value for header `{name}`"))?;
     Ok((n, v))
 }
 
-fn set_header(h: &mut HeaderMap, name: &str, value: &[u8], append: bool) -> Result<(), String> {
+fn set_header(h: &mut HeaderMap, name: &str, value: Vec<u8>, append: bool) -> Result<(), String> {
     let (n, v) = header_pair(name, value)?;
     if append {
         h.append(n, v);
@@ -134,7 +137,7 @@ impl PluginState {
         &mut self,
         r: &Resource<T>,
         name: &str,
-        value: &[u8],
+        value: Vec<u8>,
         append: bool,
     ) -> R<Result<(), String>> {
         if let Err(e) = self.admit(value.len()) {
@@ -204,7 +207,7 @@ impl types::HostRequest for PluginState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), String>> {
-        self.put(&r, &name, &value, false)
+        self.put(&r, &name, value, false)
     }
     fn append_header(
         &mut self,
@@ -212,7 +215,7 @@ impl types::HostRequest for PluginState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), String>> {
-        self.put(&r, &name, &value, true)
+        self.put(&r, &name, value, true)
     }
     fn remove_header(&mut self, r: Resource<RequestRes>, name: String) -> R<()> {
         self.remove(&r, &name)
@@ -287,7 +290,7 @@ impl types::HostResponseHead for PluginState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), String>> {
-        self.put(&r, &name, &value, false)
+        self.put(&r, &name, value, false)
     }
     fn append_header(
         &mut self,
@@ -295,7 +298,7 @@ impl types::HostResponseHead for PluginState {
         name: String,
         value: Vec<u8>,
     ) -> R<Result<(), String>> {
-        self.put(&r, &name, &value, true)
+        self.put(&r, &name, value, true)
     }
     fn remove_header(&mut self, r: Resource<ResponseRes>, name: String) -> R<()> {
         self.remove(&r, &name)
