@@ -60,7 +60,7 @@ fn wasm(name: &str) -> PathBuf {
     ))
 }
 
-fn request(headers: usize) -> PluginRequest {
+fn request(headers: usize) -> Box<PluginRequest> {
     let mut h = HeaderMap::new();
     h.insert("x-bench-in", HeaderValue::from_static("value"));
     for i in 1..headers {
@@ -72,7 +72,7 @@ fn request(headers: usize) -> PluginRequest {
             HeaderValue::from_static("some header value of a typical length"),
         );
     }
-    PluginRequest {
+    Box::new(PluginRequest {
         method: Method::GET,
         scheme: "http",
         authority: "bench.local".into(),
@@ -84,7 +84,7 @@ fn request(headers: usize) -> PluginRequest {
         path_changed: false,
         authority_override: None,
         upstream: None,
-    }
+    })
 }
 
 fn response() -> PluginResponse {
@@ -103,7 +103,7 @@ fn evict(buf: &[u8]) -> u64 {
 /// One request through the chain: the request phase, then the response
 /// phase if a plugin declared it, on heads that are reused for the next
 /// request (as the proxy lends its own).
-async fn one_request(chain: &Chain<'_>, req: &mut PluginRequest, resp: &mut PluginResponse) {
+async fn one_request(chain: &Chain<'_>, req: &mut Box<PluginRequest>, resp: &mut PluginResponse) {
     let outcome = chain.on_request(req, "bench").await;
     assert!(matches!(outcome, Outcome::Continue), "request phase failed");
     if !chain.takes_response() {

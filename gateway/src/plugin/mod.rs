@@ -289,7 +289,7 @@ impl Chain<'_> {
     /// The request-headers phase of every plugin, on `req` in place.
     pub fn on_request<'a>(
         &'a self,
-        req: &'a mut PluginRequest,
+        req: &'a mut Box<PluginRequest>,
         request_id: &'a str,
     ) -> PhaseFuture<'a, Outcome> {
         self.phase(req, None, request_id)
@@ -308,7 +308,7 @@ impl Chain<'_> {
     /// left as they made it.
     pub fn on_request_body<'a>(
         &'a self,
-        req: &'a mut PluginRequest,
+        req: &'a mut Box<PluginRequest>,
         body: &'a mut Bytes,
         request_id: &'a str,
     ) -> PhaseFuture<'a, Outcome> {
@@ -446,7 +446,7 @@ trait ChainHead: pool::Lent {
     fn wants(phases: Phases, body: bool) -> bool;
 }
 
-impl ChainHead for PluginRequest {
+impl ChainHead for Box<PluginRequest> {
     fn phase(body: bool) -> &'static str {
         if body {
             "request-body"

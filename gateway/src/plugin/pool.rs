@@ -140,7 +140,10 @@ impl InstancePool {
             .await
             .map_err(|e| classify(&e, &store))?;
         let phases = configured.map_err(PluginError::Rejected)?;
-        let request_slot = lend(&mut store, RequestRes(PluginRequest::placeholder()));
+        let request_slot = lend(
+            &mut store,
+            RequestRes(Box::new(PluginRequest::placeholder())),
+        );
         let response_slot = lend(&mut store, ResponseRes(PluginResponse::placeholder()));
         self.meta.metrics.instances(&self.meta.name, 1);
         Ok(Box::new(Instance {
@@ -383,7 +386,7 @@ pub(super) trait Lent: Sized + Send + 'static {
     }
 }
 
-impl Lent for PluginRequest {
+impl Lent for Box<PluginRequest> {
     type Res = RequestRes;
     fn slot(inst: &Instance) -> u32 {
         inst.request_slot

@@ -12,8 +12,9 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// The request head while a plugin looks at it.
-pub struct RequestRes(pub PluginRequest);
+/// The request head while a plugin looks at it. Boxed, as the gateway
+/// holds it, so that lending it to a call swaps two pointers.
+pub struct RequestRes(pub Box<PluginRequest>);
 /// The response head while a plugin looks at it.
 pub struct ResponseRes(pub PluginResponse);
 
@@ -46,7 +47,7 @@ type R<T> = wasmtime::Result<T>;
 
 impl PluginState {
     fn req(&mut self, r: &Resource<RequestRes>) -> R<&mut PluginRequest> {
-        Ok(&mut self.table.get_mut(r)?.0)
+        Ok(&mut *self.table.get_mut(r)?.0)
     }
 
     fn resp(&mut self, r: &Resource<ResponseRes>) -> R<&mut PluginResponse> {

@@ -248,11 +248,11 @@ impl TestPlugin {
         req: TestRequest,
         body: Option<&[u8]>,
     ) -> Result<RequestRun, PluginError> {
-        let mut request = req.0;
+        let mut request = Box::new(req.0);
         let result = self.pool.call(&mut request, "test", body).await;
         let (reply, body) = split(result?);
         Ok(RequestRun {
-            request,
+            request: *request,
             reply,
             body,
         })

@@ -310,7 +310,9 @@ async fn proxy(
     let chain = snap.chain(&conn.listener, matched.index);
     let mut body = RequestBody::Streaming(incoming);
     if !chain.is_empty() {
-        let mut preq = PluginRequest {
+        // Boxed: each plugin call lends it to the instance and takes it
+        // back, which moves a pointer rather than the whole head.
+        let mut preq = Box::new(PluginRequest {
             method: parts.method.clone(),
             scheme: if conn.tls { "https" } else { "http" },
             authority: authority.clone(),
@@ -322,7 +324,7 @@ async fn proxy(
             path_changed: false,
             authority_override: None,
             upstream: None,
-        };
+        });
         // The chain's futures are ready at once, or boxed when a plugin
         // must be entered on a fiber: this future stays small either way.
         let request_id = access.request_id.to_str().unwrap_or("-");
