@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests, end-to-end tests,
-# config golden tests and the plugin SDK's tests. Installs what it needs on a fresh Debian machine.
+# config golden tests and the plugin SDK's tests. Installs what it needs on
+# a fresh Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -26,7 +26,7 @@ struct Config {
     response: Vec<Vec<String>>,
 }
 
-fn steps(script: Vec<Vec<String>>) -> Result<Vec<Step>, String> {
+fn steps(script: &[Vec<String>]) -> Result<Vec<Step>, String> {
     script
         .iter()
         .map(|step| {
@@ -96,8 +96,8 @@ impl Plugin for HeaderEdits {
 
     fn new(config: Config) -> Result<Self, String> {
         Ok(HeaderEdits {
-            request: steps(config.request)?,
-            response: steps(config.response)?,
+            request: steps(&config.request)?,
+            response: steps(&config.response)?,
         })
     }
 
