@@ -13,6 +13,7 @@ test:
 bench:
 	./bench/run.sh
 
-# The profile-guided release binary (target/pgo/release/wasmgate).
+# The production binary, profile-guided and laid out by BOLT
+# (target/pgo/release/wasmgate; BOLT=0 for PGO only).
 pgo:
 	./scripts/pgo.sh
