@@ -24,7 +24,9 @@
 # peer, and CPU µs per request is CPU 0's busy time from /proc/stat (without
 # steal). The report then also gives each plugin's added CPU as a share of
 # nginx's CPU per request in the same round, and that share of the brief's
-# nginx figure (13.4 µs, against which the brief set the 2 µs target).
+# nginx figure (13.4 µs, against which the brief set the 2 µs target), with
+# a distribution-free 95 % confidence interval of its median over rounds
+# (order statistics; it narrows with ROUNDS: ±1–2 µs at 21, ±0.6–0.8 at 61 here).
 #
 # COMPARE=/path/to/other/wasmgate runs a second gateway with the same config
 # (also on CPU 0, idle while the first is loaded); both binaries take turns
@@ -183,8 +185,10 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 rel() { case "$1" in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) echo "$1" ;; esac; }
-python3 - "$TMP/raw" "$(getconf CLK_TCK)" "$ROUNDS" "$DURATION" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" "$UPSTREAM" "$(rel "$WASMGATE_BIN")" ${COMPARE:+"$(rel "$COMPARE")"} >"$RESULTS" <<'PY'
+python3 - "$TMP/raw" "$(getconf CLK_TCK)" "$ROUNDS" "$DURATION" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" "$UPSTREAM" "$(rel "$WASMGATE_BIN")" ${COMPARE:+"$(rel "$COMPARE")"} >"$RESULTS" <<'PY' \
+    || { cp "$TMP/raw" "$RESULTS.raw"; die "the report failed; the measurements are kept in $RESULTS.raw"; }
 import sys, statistics as st, datetime
+from math import comb
 raw, tck, rounds, dur, rev = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 upstream = sys.argv[6] == "1"
 binaries = sys.argv[7:]
@@ -217,6 +221,17 @@ def added(b, r, route, field=2):
     return d[(b, r, k)][field] - (d[(b, r, k - 1)][field] + d[(b, r, k + 1)][field]) / 2
 def rate(b, route):
     return st.median(st.mean(n for _, n, _, _ in runs(b, r, route)) / float(dur) for r in rs)
+def median_ci(xs):
+    """A distribution-free 95 % confidence interval of the median: the
+    order statistics x(k) and x(n+1-k), k the largest with
+    P(Binomial(n, 1/2) < k) <= 2.5 %; None when n is too small (< 6)."""
+    xs = sorted(xs)
+    n = len(xs)
+    k, below = 0, 0.0
+    while below + comb(n, k) / 2 ** n <= 0.025:
+        below += comb(n, k) / 2 ** n
+        k += 1
+    return (xs[k - 1], xs[n - k]) if k >= 1 else None
 print(f"## What a plugin adds per request (bench/plugin_cost.sh)\n")
 print(f"- date: {now}; wasmgate {rev}; {rounds} rounds of `plain noop plain one plain both plain three plain`, {dur} s each" + (f", × {len(binaries)} binaries" if len(binaries) > 1 else ""))
 if upstream:
@@ -227,15 +242,15 @@ if upstream:
     print(f"\n### nginx (reverse proxy)\n\n{rate('nginx', 'plain'):,.0f} req/s, {st.median(ngx):.1f} CPU µs/req (median; rounds {min(ngx):.1f} … {max(ngx):.1f})")
 else:
     print("- CPU µs/req: the gateway process's utime + stime ÷ requests; added = the route's figure minus the mean of the /plain runs just before and after it")
-extra = " ÷ nginx, median | × brief (µs), median |" if upstream else ""
+extra = " ÷ nginx, median | × brief (µs), median | × brief: 95 % CI of the median |" if upstream else ""
 for b, binary in enumerate(binaries):
     print(f"\n### {binary}\n")
     print("| route | req/s (median) | CPU µs/req (median) | added µs/req: median | added: min … max over rounds | of the added: kernel (stime), median |" + extra)
-    print("|---|---|---|---|---|---|" + ("---|---|" if upstream else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|---|" if upstream else ""))
     for route in routes:
         c = [cpu(b, r, route) for r in rs]
         if route == "plain":
-            share = f" {st.median(x / n for x, n in zip(c, ngx)):.2f}× nginx | – |" if upstream else ""
+            share = f" {st.median(x / n for x, n in zip(c, ngx)):.2f}× nginx | – | – |" if upstream else ""
             print(f"| {names[route]} | {rate(b, route):,.0f} | {st.median(c):.1f} | – | – | – |" + share)
             continue
         a = [added(b, r, route) for r in rs]
@@ -243,7 +258,9 @@ for b, binary in enumerate(binaries):
         share = ""
         if upstream:
             f = [x / n for x, n in zip(a, ngx)]
-            share = f" {st.median(f):.3f} | {st.median(f) * BRIEF_NGINX:+.1f} |"
+            ci = median_ci(x * BRIEF_NGINX for x in f)
+            ci = f"{ci[0]:+.1f} … {ci[1]:+.1f}" if ci else "–"
+            share = f" {st.median(f):.3f} | {st.median(f) * BRIEF_NGINX:+.1f} | {ci} |"
         print(f"| {names[route]} | {rate(b, route):,.0f} | {st.median(c):.1f} | {st.median(a):+.1f} | {min(a):+.1f} … {max(a):+.1f} | {kernel:+.1f} |" + share)
 if len(binaries) > 1:
     print(f"\n### {binaries[1]} against {binaries[0]}, same rounds\n")
