@@ -216,7 +216,9 @@ log "4/6 optimised build ($USE_DIR)"
     cargo build --release -p wasmgate) >&2
 mkdir -p "$(dirname "$OUT")"
 if [ -z "$LLVM_BOLT" ]; then
-    cp "$USE_DIR/release/wasmgate" "$OUT"
+    # Through a new file, so that a gateway running from $OUT is not hit.
+    cp "$USE_DIR/release/wasmgate" "$OUT.tmp"
+    mv "$OUT.tmp" "$OUT"
     log "built $OUT (PGO only)"
     exit 0
 fi
