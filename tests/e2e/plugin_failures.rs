@@ -154,6 +154,28 @@ async fn a_plugin_that_sleeps_is_refused_the_wait() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_plugin_using_the_response_head_in_the_request_phase_is_contained() -> Result<()> {
+    let (mut gw, echo) = start("trap", "", r#"{ phase = "request", how = "other-head" }"#).await?;
+    assert_contained(&mut gw, "phase", "request", 500).await?;
+    assert_eq!(echo.count(), 2, "only the /ok requests go upstream");
+    gw.wait_stderr(
+        &["`response` functions can only be called during on-response and on-response-body"],
+        T,
+    )
+    .await
+    .context("the misuse was not explained in the log")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plugin_using_the_request_head_in_the_response_phase_is_contained() -> Result<()> {
+    let (mut gw, echo) = start("trap", "", r#"{ phase = "response", how = "other-head" }"#).await?;
+    assert_contained(&mut gw, "phase", "response", 500).await?;
+    assert_eq!(echo.count(), 4);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_spinning_plugin_is_stopped_at_its_cpu_limit() -> Result<()> {
     let (mut gw, echo) = start("spin", r#"cpu_limit = "50ms""#, "{}").await?;
     let took = assert_contained(&mut gw, "deadline", "request", 500).await?;
@@ -228,11 +250,17 @@ async fn output_over_max_output_bytes_is_refused() -> Result<()> {
     // 32 MiB of memory: as a response body, and as a request header. (The
     // CPU limit is generous: copying output costs time too, and this test
     // is about the output cap.)
-    for place in ["body", "request-header"] {
+    // And as many replies held at once (small ones: 1,000 against the
+    // host's limit of 8 live replies).
+    for (place, bytes) in [
+        ("body", 262144),
+        ("request-header", 262144),
+        ("replies", 1000),
+    ] {
         let (mut gw, echo) = start(
             "huge_output",
             "max_output_bytes = 65536\ncpu_limit = \"2s\"",
-            &format!("{{ bytes = 262144, where = \"{place}\" }}"),
+            &format!("{{ bytes = {bytes}, where = \"{place}\" }}"),
         )
         .await?;
         assert_contained(&mut gw, "output", "request", 500)

@@ -10,7 +10,6 @@ wasmtime::component::bindgen!({
     },
     exports: { default: async },
     with: {
-        "wasmgate:plugin/types.request": super::state::RequestRes,
-        "wasmgate:plugin/types.response-head": super::state::ResponseRes,
+        "wasmgate:plugin/types.reply": super::state::Reply,
     },
 });

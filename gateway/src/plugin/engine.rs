@@ -123,7 +123,7 @@ impl PluginEngine {
 }
 
 /// The version of the WIT package this gateway hosts (`wit/plugin.wit`).
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 
 /// When a component does not fit because it was built against another
 /// version of the plugin interface, says so.
@@ -272,7 +272,7 @@ mod tests {
         assert!(e.contains("cannot be linked"), "{e}");
         assert!(e.contains("wasmgate:plugin/host@0.1.0"), "{e}");
         assert!(
-            e.contains("this gateway hosts wasmgate:plugin@0.2.0: rebuild the plugin"),
+            e.contains("this gateway hosts wasmgate:plugin@0.3.0: rebuild the plugin"),
             "{e}"
         );
         // Other link failures get no such advice.

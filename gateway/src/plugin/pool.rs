@@ -5,7 +5,7 @@
 
 use super::bindings::{wasmgate::plugin::types, FilterPre};
 use super::engine::{PluginEngine, WouldWait, EPOCH_TICK};
-use super::state::{header_pair, PluginState, RequestRes, ResponseRes};
+use super::state::{header_pair, Lending, OutsidePhase, PluginState, Reply};
 use super::{
     Isolation, Outbound, Phases, PluginError, PluginMeta, PluginReply, PluginRequest,
     PluginResponse, Verdict,
@@ -24,11 +24,6 @@ use wasmtime::{Store, StoreLimitsBuilder, Trap};
 pub(super) struct Instance {
     store: Store<PluginState>,
     exports: Exports,
-    /// The table slots the request and response heads are lent through:
-    /// a head is swapped into its slot for a call and back out after it,
-    /// so a call allocates nothing for the head.
-    request_slot: u32,
-    response_slot: u32,
     uses: u64,
     /// What this instance's `configure` asked for.
     phases: Phases,
@@ -36,8 +31,8 @@ pub(super) struct Instance {
 
 /// The phase exports of one instance, looked up once.
 pub(super) struct Exports {
-    on_request: TypedFunc<(Resource<RequestRes>,), (types::Action,)>,
-    on_response: TypedFunc<(Resource<ResponseRes>,), (types::Action,)>,
+    on_request: TypedFunc<(), (types::Action,)>,
+    on_response: TypedFunc<(), (types::Action,)>,
     /// Typed per call: their `list<u8>` parameter is borrowed.
     on_request_body: Func,
     on_response_body: Func,
@@ -107,6 +102,10 @@ impl InstancePool {
     async fn instantiate<M: Mode>(&self) -> Result<Box<Instance>, PluginError> {
         let limits = &self.meta.limits;
         let state = PluginState {
+            request: Box::new(PluginRequest::placeholder()),
+            response: PluginResponse::placeholder(),
+            lending: Lending::None,
+            live_replies: 0,
             table: wasmtime::component::ResourceTable::new(),
             wasi: wasmtime_wasi::WasiCtx::builder().build(),
             limits: StoreLimitsBuilder::new()
@@ -140,17 +139,10 @@ impl InstancePool {
             .await
             .map_err(|e| classify(&e, &store))?;
         let phases = configured.map_err(PluginError::Rejected)?;
-        let request_slot = lend(
-            &mut store,
-            RequestRes(Box::new(PluginRequest::placeholder())),
-        );
-        let response_slot = lend(&mut store, ResponseRes(PluginResponse::placeholder()));
         self.meta.metrics.instances(&self.meta.name, 1);
         Ok(Box::new(Instance {
             store,
             exports,
-            request_slot,
-            response_slot,
             uses: 0,
             phases: Phases {
                 request_headers: phases.contains(types::Phases::REQUEST_HEADERS),
@@ -235,30 +227,28 @@ impl InstancePool {
         let mut inst = self.checkout::<M>().await?;
         let started = Instant::now();
         prepare_call(&mut inst, request_id, self.meta.limits.cpu, started);
-        let slot = H::slot(&inst);
-        H::swap(&mut inst.store, slot, head);
-        let lent = Resource::<H::Res>::new_borrow(slot);
+        H::lend(inst.store.data_mut(), head);
         let outcome = match body {
-            None => M::call(H::head_export(&inst.exports), &mut inst.store, (lent,))
+            None => M::call(H::head_export(&inst.exports), &mut inst.store, ())
                 .await
                 .map(|(a,)| Raw::from(a)),
             Some(b) => {
                 let f = H::body_export(&inst.exports);
-                match f.typed::<(Resource<H::Res>, &[u8]), (types::BodyAction,)>(&inst.store) {
-                    Ok(f) => M::call(f, &mut inst.store, (lent, b))
+                match f.typed::<(&[u8],), (types::BodyAction,)>(&inst.store) {
+                    Ok(f) => M::call(f, &mut inst.store, (b,))
                         .await
                         .map(|(a,)| Raw::from(a)),
                     Err(e) => Err(e),
                 }
             }
         };
-        H::swap(&mut inst.store, slot, head);
+        H::take_back(inst.store.data_mut(), head);
         self.finish(inst, outcome, started)
     }
 
     fn finish(
         &self,
-        inst: Box<Instance>,
+        mut inst: Box<Instance>,
         outcome: wasmtime::Result<Raw>,
         started: Instant,
     ) -> Result<Verdict, PluginError> {
@@ -272,7 +262,10 @@ impl InstancePool {
                 Err(PluginError::OutputTooLarge)
             }
             Ok(Raw::Replace(b)) => Ok(Verdict::Replace(Bytes::from(b))),
-            Ok(Raw::Respond(r)) => reply(r, limits.max_output_bytes).map(Verdict::Respond),
+            Ok(Raw::Respond(r)) => match inst.store.data_mut().take_reply(r) {
+                Ok(r) => reply(r).map(Verdict::Respond),
+                Err(e) => Err(PluginError::Invalid(format!("{e:#}"))),
+            },
         };
         match &result {
             Ok(_) | Err(PluginError::Rejected(_)) => self.checkin(inst),
@@ -365,36 +358,37 @@ impl Mode for OnFiber {
     }
 }
 
-/// A head lent to plugins through a table slot: the request's or the
-/// response's.
+/// A head lent to a plugin for a call: the request's or the response's. It
+/// is swapped into the instance's state for the call (where the WIT
+/// `request` or `response` functions reach it) and back out after it, so a
+/// call allocates nothing for the head.
 pub(super) trait Lent: Sized + Send + 'static {
-    /// The table entry the head is lent in.
-    type Res: Send + 'static;
-    fn slot(inst: &Instance) -> u32;
-    /// The head inside its table entry.
-    fn held(res: &mut Self::Res) -> &mut Self;
-    fn head_export(e: &Exports) -> TypedFunc<(Resource<Self::Res>,), (types::Action,)>;
+    /// The head's place in the state.
+    fn held(state: &mut PluginState) -> &mut Self;
+    /// Which head the state holds while it is lent.
+    const LENDING: Lending;
+    fn head_export(e: &Exports) -> TypedFunc<(), (types::Action,)>;
     fn body_export(e: &Exports) -> &Func;
 
-    /// Swaps `head` with the one in the slot.
-    fn swap(store: &mut Store<PluginState>, slot: u32, head: &mut Self) {
-        let table = &mut store.data_mut().table;
-        match table.get_mut(&Resource::<Self::Res>::new_own(slot)) {
-            Ok(lent) => std::mem::swap(Self::held(lent), head),
-            Err(e) => unreachable_table(e),
-        }
+    /// Swaps `head` into the state for a call.
+    fn lend(state: &mut PluginState, head: &mut Self) {
+        std::mem::swap(Self::held(state), head);
+        state.lending = Self::LENDING;
+    }
+
+    /// Swaps it back after the call.
+    fn take_back(state: &mut PluginState, head: &mut Self) {
+        state.lending = Lending::None;
+        std::mem::swap(Self::held(state), head);
     }
 }
 
 impl Lent for Box<PluginRequest> {
-    type Res = RequestRes;
-    fn slot(inst: &Instance) -> u32 {
-        inst.request_slot
+    fn held(state: &mut PluginState) -> &mut Self {
+        &mut state.request
     }
-    fn held(res: &mut RequestRes) -> &mut Self {
-        &mut res.0
-    }
-    fn head_export(e: &Exports) -> TypedFunc<(Resource<RequestRes>,), (types::Action,)> {
+    const LENDING: Lending = Lending::Request;
+    fn head_export(e: &Exports) -> TypedFunc<(), (types::Action,)> {
         e.on_request
     }
     fn body_export(e: &Exports) -> &Func {
@@ -403,14 +397,11 @@ impl Lent for Box<PluginRequest> {
 }
 
 impl Lent for PluginResponse {
-    type Res = ResponseRes;
-    fn slot(inst: &Instance) -> u32 {
-        inst.response_slot
+    fn held(state: &mut PluginState) -> &mut Self {
+        &mut state.response
     }
-    fn held(res: &mut ResponseRes) -> &mut Self {
-        &mut res.0
-    }
-    fn head_export(e: &Exports) -> TypedFunc<(Resource<ResponseRes>,), (types::Action,)> {
+    const LENDING: Lending = Lending::Response;
+    fn head_export(e: &Exports) -> TypedFunc<(), (types::Action,)> {
         e.on_response
     }
     fn body_export(e: &Exports) -> &Func {
@@ -422,7 +413,7 @@ impl Lent for PluginResponse {
 enum Raw {
     Continue,
     Replace(Vec<u8>),
-    Respond(types::Response),
+    Respond(Resource<Reply>),
 }
 
 impl From<types::Action> for Raw {
@@ -441,15 +432,6 @@ impl From<types::BodyAction> for Raw {
             types::BodyAction::Replace(b) => Raw::Replace(b),
             types::BodyAction::Respond(r) => Raw::Respond(r),
         }
-    }
-}
-
-/// Puts a head into the store's resource table, as the slot it is lent
-/// through.
-fn lend<T: Send + 'static>(store: &mut Store<PluginState>, head: T) -> u32 {
-    match store.data_mut().table.push(head) {
-        Ok(r) => r.rep(),
-        Err(e) => unreachable_table(e),
     }
 }
 
@@ -477,26 +459,12 @@ fn deadline_reached(
     })
 }
 
-/// The resource table of a fresh store cannot be full or hold a foreign
-/// handle; if it ever did, failing the one request beats a panic.
-fn unreachable_table(e: wasmtime::component::ResourceTableError) -> ! {
-    tracing::error!(error = %e, "plugin resource table failure");
-    std::process::abort()
-}
-
 fn ticks(cpu: std::time::Duration) -> u64 {
     (cpu.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
 }
 
-fn reply(r: types::Response, max: usize) -> Result<PluginReply, PluginError> {
-    let size = r.body.len()
-        + r.headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
-    if size > max {
-        return Err(PluginError::OutputTooLarge);
-    }
+/// A plugin's reply, checked (its size was, when it was made).
+fn reply(r: Reply) -> Result<PluginReply, PluginError> {
     let status = StatusCode::from_u16(r.status)
         .ok()
         .filter(|s| s.as_u16() >= 200)
@@ -527,6 +495,12 @@ fn classify(e: &wasmtime::Error, store: &Store<PluginState>) -> PluginError {
     if e.downcast_ref::<WouldWait>().is_some() {
         return PluginError::Trap {
             kind: "wait",
+            detail: text,
+        };
+    }
+    if e.downcast_ref::<OutsidePhase>().is_some() {
+        return PluginError::Trap {
+            kind: "phase",
             detail: text,
         };
     }

@@ -1,8 +1,8 @@
 //! What a plugin instance's store holds, and the host side of every WIT
-//! import: the request/response resources, logging, KV, metrics and
+//! import: the request and response heads, logging, KV, metrics and
 //! outbound HTTP.
 
-use super::bindings::wasmgate::plugin::{host, types};
+use super::bindings::wasmgate::plugin::{host, request, response, types};
 use super::{Outbound, PluginMeta, PluginRequest, PluginResponse};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -12,13 +12,39 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// The request head while a plugin looks at it. Boxed, as the gateway
-/// holds it, so that lending it to a call swaps two pointers.
-pub struct RequestRes(pub Box<PluginRequest>);
-/// The response head while a plugin looks at it.
-pub struct ResponseRes(pub PluginResponse);
+/// Which head the call in progress was lent, if any: the WIT `request` and
+/// `response` functions act on it, and trap in any other phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lending {
+    None,
+    Request,
+    Response,
+}
+
+/// A response a plugin made to answer with (the WIT `reply` resource), as
+/// it gave it: checked when a phase returns it.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// The most replies a plugin may hold at once (it returns one per phase at
+/// most; one that keeps making them without dropping them fails with kind
+/// `output` instead of growing the table).
+const MAX_LIVE_REPLIES: u32 = 8;
 
 pub struct PluginState {
+    /// The request head during a request phase (swapped in for the call and
+    /// back out after it; a placeholder in between). Boxed, as the gateway
+    /// holds it, so that lending it swaps two pointers.
+    pub request: Box<PluginRequest>,
+    /// The response head during a response phase, likewise.
+    pub response: PluginResponse,
+    pub lending: Lending,
+    /// Replies made and not yet returned or dropped.
+    pub live_replies: u32,
+    /// WASI's resources (the guest's standard library may open streams).
     pub table: ResourceTable,
     pub wasi: WasiCtx,
     pub limits: StoreLimits,
@@ -46,12 +72,20 @@ impl WasiView for PluginState {
 type R<T> = wasmtime::Result<T>;
 
 impl PluginState {
-    fn req(&mut self, r: &Resource<RequestRes>) -> R<&mut PluginRequest> {
-        Ok(&mut *self.table.get_mut(r)?.0)
+    /// The request head of the call in progress.
+    fn req(&mut self) -> R<&mut PluginRequest> {
+        match self.lending {
+            Lending::Request => Ok(&mut self.request),
+            _ => Err(outside("request", "on-request and on-request-body")),
+        }
     }
 
-    fn resp(&mut self, r: &Resource<ResponseRes>) -> R<&mut PluginResponse> {
-        Ok(&mut self.table.get_mut(r)?.0)
+    /// The response head of the call in progress.
+    fn resp(&mut self) -> R<&mut PluginResponse> {
+        match self.lending {
+            Lending::Response => Ok(&mut self.response),
+            _ => Err(outside("response", "on-response and on-response-body")),
+        }
     }
 
     /// Refuses values over the plugin's output cap.
@@ -103,59 +137,65 @@ fn set_header(h: &mut HeaderMap, name: &str, value: Vec<u8>, append: bool) -> Re
     Ok(())
 }
 
-/// What the request and response resources share: headers and the context.
-trait Head: Sized + Send + 'static {
-    fn parts(&mut self) -> (&mut HeaderMap, &mut super::Context);
+/// A plugin called a function of the `request` or `response` interface in a
+/// phase without that head (a plugin bug): the call traps, of kind `phase`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{interface}` functions can only be called during {phases}")]
+pub struct OutsidePhase {
+    interface: &'static str,
+    phases: &'static str,
 }
 
-impl Head for RequestRes {
-    fn parts(&mut self) -> (&mut HeaderMap, &mut super::Context) {
-        (&mut self.0.headers, &mut self.0.context)
-    }
+#[cold]
+fn outside(interface: &'static str, phases: &'static str) -> wasmtime::Error {
+    wasmtime::Error::new(OutsidePhase { interface, phases })
 }
 
-impl Head for ResponseRes {
-    fn parts(&mut self) -> (&mut HeaderMap, &mut super::Context) {
-        (&mut self.0.headers, &mut self.0.context)
-    }
-}
-
-/// The header and context calls, once for both resources.
+/// The header and context calls, once for both heads: `which` is the
+/// interface called (`Lending::Request` or `Lending::Response`).
 impl PluginState {
-    fn head<T: Head>(&mut self, r: &Resource<T>) -> R<(&mut HeaderMap, &mut super::Context)> {
-        Ok(self.table.get_mut(r)?.parts())
+    fn head(&mut self, which: Lending) -> R<(&mut HeaderMap, &mut super::Context)> {
+        if which == Lending::Request {
+            let r = self.req()?;
+            Ok((&mut r.headers, &mut r.context))
+        } else {
+            let r = self.resp()?;
+            Ok((&mut r.headers, &mut r.context))
+        }
     }
-    fn get_one<T: Head>(&mut self, r: &Resource<T>, name: &str) -> R<Option<Vec<u8>>> {
-        Ok(header_one(self.head(r)?.0, name))
+    fn get_one(&mut self, which: Lending, name: &str) -> R<Option<Vec<u8>>> {
+        Ok(header_one(self.head(which)?.0, name))
     }
-    fn get_all<T: Head>(&mut self, r: &Resource<T>, name: &str) -> R<Vec<Vec<u8>>> {
-        Ok(header_all(self.head(r)?.0, name))
+    fn get_all(&mut self, which: Lending, name: &str) -> R<Vec<Vec<u8>>> {
+        Ok(header_all(self.head(which)?.0, name))
     }
-    fn get_list<T: Head>(&mut self, r: &Resource<T>) -> R<Vec<(String, Vec<u8>)>> {
-        Ok(header_list(self.head(r)?.0))
+    fn get_list(&mut self, which: Lending) -> R<Vec<(String, Vec<u8>)>> {
+        Ok(header_list(self.head(which)?.0))
     }
-    fn put<T: Head>(
+    fn put(
         &mut self,
-        r: &Resource<T>,
+        which: Lending,
         name: &str,
         value: Vec<u8>,
         append: bool,
     ) -> R<Result<(), String>> {
+        self.head(which)?;
         if let Err(e) = self.admit(value.len()) {
             return Ok(Err(e));
         }
-        Ok(set_header(self.head(r)?.0, name, value, append))
+        Ok(set_header(self.head(which)?.0, name, value, append))
     }
-    fn remove<T: Head>(&mut self, r: &Resource<T>, name: &str) -> R<()> {
-        self.head(r)?.0.remove(name);
+    fn remove(&mut self, which: Lending, name: &str) -> R<()> {
+        self.head(which)?.0.remove(name);
         Ok(())
     }
-    fn ctx_get<T: Head>(&mut self, r: &Resource<T>, key: &str) -> R<Option<String>> {
-        Ok(self.head(r)?.1.get(key).cloned())
+    fn ctx_get(&mut self, which: Lending, key: &str) -> R<Option<String>> {
+        Ok(self.head(which)?.1.get(key).cloned())
     }
-    fn ctx_set<T: Head>(&mut self, r: &Resource<T>, key: String, value: String) -> R<()> {
+    fn ctx_set(&mut self, which: Lending, key: String, value: String) -> R<()> {
+        self.head(which)?;
         if self.admit(key.len() + value.len()).is_ok() {
-            self.head(r)?.1.insert(key, value);
+            self.head(which)?.1.insert(key, value);
         }
         Ok(())
     }
@@ -163,156 +203,166 @@ impl PluginState {
 
 impl types::Host for PluginState {}
 
-impl types::HostRequest for PluginState {
-    fn method(&mut self, r: Resource<RequestRes>) -> R<String> {
-        Ok(self.req(&r)?.method.to_string())
+impl types::HostReply for PluginState {
+    fn new(
+        &mut self,
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    ) -> R<Resource<Reply>> {
+        let size = body.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if self.admit(size).is_err() || self.live_replies >= MAX_LIVE_REPLIES {
+            self.output_exceeded = true;
+            return Err(wasmtime::format_err!(
+                "reply refused: larger than the plugin's output limit, or too many held"
+            ));
+        }
+        self.live_replies += 1;
+        Ok(self.table.push(Reply {
+            status,
+            headers,
+            body,
+        })?)
     }
-    fn scheme(&mut self, r: Resource<RequestRes>) -> R<String> {
-        Ok(self.req(&r)?.scheme.to_string())
+    fn drop(&mut self, r: Resource<Reply>) -> R<()> {
+        self.take_reply(r)?;
+        Ok(())
     }
-    fn authority(&mut self, r: Resource<RequestRes>) -> R<String> {
-        Ok(self.req(&r)?.authority.clone())
+}
+
+impl PluginState {
+    /// Takes a reply out of the table: returned by a phase, or dropped.
+    pub(super) fn take_reply(&mut self, r: Resource<Reply>) -> R<Reply> {
+        let reply = self.table.delete(r)?;
+        self.live_replies -= 1;
+        Ok(reply)
     }
-    fn path(&mut self, r: Resource<RequestRes>) -> R<String> {
-        let pq = &self.req(&r)?.path_and_query;
+}
+
+impl request::Host for PluginState {
+    fn method(&mut self) -> R<String> {
+        Ok(self.req()?.method.to_string())
+    }
+    fn scheme(&mut self) -> R<String> {
+        Ok(self.req()?.scheme.to_string())
+    }
+    fn authority(&mut self) -> R<String> {
+        Ok(self.req()?.authority.clone())
+    }
+    fn path(&mut self) -> R<String> {
+        let pq = &self.req()?.path_and_query;
         Ok(pq
             .split_once('?')
             .map_or(pq.as_str(), |(p, _)| p)
             .to_string())
     }
-    fn query(&mut self, r: Resource<RequestRes>) -> R<Option<String>> {
+    fn query(&mut self) -> R<Option<String>> {
         Ok(self
-            .req(&r)?
+            .req()?
             .path_and_query
             .split_once('?')
             .map(|(_, q)| q.to_string()))
     }
-    fn client_addr(&mut self, r: Resource<RequestRes>) -> R<String> {
-        Ok(self.req(&r)?.client.to_string())
+    fn client_addr(&mut self) -> R<String> {
+        Ok(self.req()?.client.to_string())
     }
-    fn route(&mut self, r: Resource<RequestRes>) -> R<String> {
-        Ok(self.req(&r)?.route.to_string())
+    fn route(&mut self) -> R<String> {
+        Ok(self.req()?.route.to_string())
     }
-    fn header(&mut self, r: Resource<RequestRes>, name: String) -> R<Option<Vec<u8>>> {
-        self.get_one(&r, &name)
+    fn header(&mut self, name: String) -> R<Option<Vec<u8>>> {
+        self.get_one(Lending::Request, &name)
     }
-    fn header_all(&mut self, r: Resource<RequestRes>, name: String) -> R<Vec<Vec<u8>>> {
-        self.get_all(&r, &name)
+    fn header_all(&mut self, name: String) -> R<Vec<Vec<u8>>> {
+        self.get_all(Lending::Request, &name)
     }
-    fn headers(&mut self, r: Resource<RequestRes>) -> R<Vec<(String, Vec<u8>)>> {
-        self.get_list(&r)
+    fn headers(&mut self) -> R<Vec<(String, Vec<u8>)>> {
+        self.get_list(Lending::Request)
     }
-    fn set_header(
-        &mut self,
-        r: Resource<RequestRes>,
-        name: String,
-        value: Vec<u8>,
-    ) -> R<Result<(), String>> {
-        self.put(&r, &name, value, false)
+    fn set_header(&mut self, name: String, value: Vec<u8>) -> R<Result<(), String>> {
+        self.put(Lending::Request, &name, value, false)
     }
-    fn append_header(
-        &mut self,
-        r: Resource<RequestRes>,
-        name: String,
-        value: Vec<u8>,
-    ) -> R<Result<(), String>> {
-        self.put(&r, &name, value, true)
+    fn append_header(&mut self, name: String, value: Vec<u8>) -> R<Result<(), String>> {
+        self.put(Lending::Request, &name, value, true)
     }
-    fn remove_header(&mut self, r: Resource<RequestRes>, name: String) -> R<()> {
-        self.remove(&r, &name)
+    fn remove_header(&mut self, name: String) -> R<()> {
+        self.remove(Lending::Request, &name)
     }
-    fn set_path(&mut self, r: Resource<RequestRes>, pq: String) -> R<Result<(), String>> {
+    fn set_path(&mut self, pq: String) -> R<Result<(), String>> {
+        let req = self.req()?;
         if !pq.starts_with('/') || pq.parse::<http::uri::PathAndQuery>().is_err() {
             return Ok(Err(format!("invalid path `{pq}`")));
         }
-        let req = self.req(&r)?;
         req.path_and_query = pq;
         req.path_changed = true;
         Ok(Ok(()))
     }
-    fn set_authority(
-        &mut self,
-        r: Resource<RequestRes>,
-        authority: String,
-    ) -> R<Result<(), String>> {
+    fn set_authority(&mut self, authority: String) -> R<Result<(), String>> {
+        let req = self.req()?;
         if authority.parse::<http::uri::Authority>().is_err() {
             return Ok(Err(format!("invalid authority `{authority}`")));
         }
-        self.req(&r)?.authority_override = Some(authority);
+        req.authority_override = Some(authority);
         Ok(Ok(()))
     }
-    fn set_upstream(&mut self, r: Resource<RequestRes>, name: String) -> R<Result<(), String>> {
+    fn set_upstream(&mut self, name: String) -> R<Result<(), String>> {
+        self.req()?;
         if !self.outbound.has_upstream(&name) {
             return Ok(Err(format!(
                 "no upstream named `{name}` in the gateway config"
             )));
         }
-        self.req(&r)?.upstream = Some(name);
+        self.req()?.upstream = Some(name);
         Ok(Ok(()))
     }
-    fn context_get(&mut self, r: Resource<RequestRes>, key: String) -> R<Option<String>> {
-        self.ctx_get(&r, &key)
+    fn context_get(&mut self, key: String) -> R<Option<String>> {
+        self.ctx_get(Lending::Request, &key)
     }
-    fn context_set(&mut self, r: Resource<RequestRes>, key: String, value: String) -> R<()> {
-        self.ctx_set(&r, key, value)
-    }
-    fn drop(&mut self, r: Resource<RequestRes>) -> R<()> {
-        // The host owns the request; the guest only ever borrows it.
-        let _ = r;
-        Ok(())
+    fn context_set(&mut self, key: String, value: String) -> R<()> {
+        self.ctx_set(Lending::Request, key, value)
     }
 }
 
-impl types::HostResponseHead for PluginState {
-    fn status(&mut self, r: Resource<ResponseRes>) -> R<u16> {
-        Ok(self.resp(&r)?.status.as_u16())
+impl response::Host for PluginState {
+    fn status(&mut self) -> R<u16> {
+        Ok(self.resp()?.status.as_u16())
     }
-    fn set_status(&mut self, r: Resource<ResponseRes>, status: u16) -> R<Result<(), String>> {
+    fn set_status(&mut self, status: u16) -> R<Result<(), String>> {
+        let resp = self.resp()?;
         match StatusCode::from_u16(status) {
             Ok(s) if s.as_u16() >= 200 => {
-                self.resp(&r)?.status = s;
+                resp.status = s;
                 Ok(Ok(()))
             }
             _ => Ok(Err(format!("invalid status {status}"))),
         }
     }
-    fn header(&mut self, r: Resource<ResponseRes>, name: String) -> R<Option<Vec<u8>>> {
-        self.get_one(&r, &name)
+    fn header(&mut self, name: String) -> R<Option<Vec<u8>>> {
+        self.get_one(Lending::Response, &name)
     }
-    fn header_all(&mut self, r: Resource<ResponseRes>, name: String) -> R<Vec<Vec<u8>>> {
-        self.get_all(&r, &name)
+    fn header_all(&mut self, name: String) -> R<Vec<Vec<u8>>> {
+        self.get_all(Lending::Response, &name)
     }
-    fn headers(&mut self, r: Resource<ResponseRes>) -> R<Vec<(String, Vec<u8>)>> {
-        self.get_list(&r)
+    fn headers(&mut self) -> R<Vec<(String, Vec<u8>)>> {
+        self.get_list(Lending::Response)
     }
-    fn set_header(
-        &mut self,
-        r: Resource<ResponseRes>,
-        name: String,
-        value: Vec<u8>,
-    ) -> R<Result<(), String>> {
-        self.put(&r, &name, value, false)
+    fn set_header(&mut self, name: String, value: Vec<u8>) -> R<Result<(), String>> {
+        self.put(Lending::Response, &name, value, false)
     }
-    fn append_header(
-        &mut self,
-        r: Resource<ResponseRes>,
-        name: String,
-        value: Vec<u8>,
-    ) -> R<Result<(), String>> {
-        self.put(&r, &name, value, true)
+    fn append_header(&mut self, name: String, value: Vec<u8>) -> R<Result<(), String>> {
+        self.put(Lending::Response, &name, value, true)
     }
-    fn remove_header(&mut self, r: Resource<ResponseRes>, name: String) -> R<()> {
-        self.remove(&r, &name)
+    fn remove_header(&mut self, name: String) -> R<()> {
+        self.remove(Lending::Response, &name)
     }
-    fn context_get(&mut self, r: Resource<ResponseRes>, key: String) -> R<Option<String>> {
-        self.ctx_get(&r, &key)
+    fn context_get(&mut self, key: String) -> R<Option<String>> {
+        self.ctx_get(Lending::Response, &key)
     }
-    fn context_set(&mut self, r: Resource<ResponseRes>, key: String, value: String) -> R<()> {
-        self.ctx_set(&r, key, value)
-    }
-    fn drop(&mut self, r: Resource<ResponseRes>) -> R<()> {
-        let _ = r;
-        Ok(())
+    fn context_set(&mut self, key: String, value: String) -> R<()> {
+        self.ctx_set(Lending::Response, key, value)
     }
 }
 

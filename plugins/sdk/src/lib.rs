@@ -75,13 +75,70 @@ pub mod bindings {
 }
 
 pub use bindings::wasmgate::plugin::host::{HttpResponse, LogLevel};
-pub use bindings::wasmgate::plugin::types::{
-    Action, BodyAction, Header, Phases, Request, Response, ResponseHead,
-};
+pub use bindings::wasmgate::plugin::types::{Header, Phases};
+use bindings::wasmgate::plugin::{request, response, types as wit};
 
-/// The WIT `response` record under an unambiguous name ([`Response`] is the
-/// same type).
-pub type WitResponse = Response;
+/// What the gateway does after a head phase ([`Plugin::on_request`],
+/// [`Plugin::on_response`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Go on: the next plugin, then the upstream (or the client).
+    Continue,
+    /// Answer the client with this response now. In the request phase later
+    /// plugins and the upstream are skipped; in the response phase it
+    /// replaces the upstream's response.
+    Respond(Response),
+}
+
+/// What the gateway does after a body phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyAction {
+    /// Go on with the body as it is.
+    Continue,
+    /// Go on with this body instead (the gateway sets `content-length`).
+    Replace(Vec<u8>),
+    /// Answer the client with this response now, as in [`Action`].
+    Respond(Response),
+}
+
+/// A response a plugin answers with; see the builder methods
+/// ([`Response::new`]). Handed to the gateway as the WIT `reply` resource
+/// when the phase returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code (200–999).
+    pub status: u16,
+    /// Header names and values, in order.
+    pub headers: Vec<Header>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The WIT `reply` made from it (one host call).
+    fn into_reply(self) -> wit::Reply {
+        wit::Reply::new(self.status, &self.headers, &self.body)
+    }
+}
+
+impl From<Action> for wit::Action {
+    fn from(a: Action) -> wit::Action {
+        match a {
+            Action::Continue => wit::Action::Continue,
+            Action::Respond(r) => wit::Action::Respond(r.into_reply()),
+        }
+    }
+}
+
+impl From<BodyAction> for wit::BodyAction {
+    fn from(a: BodyAction) -> wit::BodyAction {
+        match a {
+            BodyAction::Continue => wit::BodyAction::Continue,
+            BodyAction::Replace(b) => wit::BodyAction::Replace(b),
+            BodyAction::Respond(r) => wit::BodyAction::Respond(r.into_reply()),
+        }
+    }
+}
 
 /// A config type that accepts any config and ignores it, for plugins without
 /// settings.
@@ -238,26 +295,24 @@ macro_rules! export_plugin {
                     $crate::__private::configure::<$plugin>(&__WASMGATE_PLUGIN, config)
                 }
 
-                fn on_request(req: &$crate::Request) -> $crate::Action {
-                    $crate::__private::on_request::<$plugin>(&__WASMGATE_PLUGIN, req)
+                fn on_request() -> $crate::bindings::wasmgate::plugin::types::Action {
+                    $crate::__private::on_request::<$plugin>(&__WASMGATE_PLUGIN)
                 }
 
-                fn on_response(resp: &$crate::ResponseHead) -> $crate::Action {
-                    $crate::__private::on_response::<$plugin>(&__WASMGATE_PLUGIN, resp)
+                fn on_response() -> $crate::bindings::wasmgate::plugin::types::Action {
+                    $crate::__private::on_response::<$plugin>(&__WASMGATE_PLUGIN)
                 }
 
                 fn on_request_body(
-                    req: &$crate::Request,
                     body: ::std::vec::Vec<u8>,
-                ) -> $crate::BodyAction {
-                    $crate::__private::on_request_body::<$plugin>(&__WASMGATE_PLUGIN, req, body)
+                ) -> $crate::bindings::wasmgate::plugin::types::BodyAction {
+                    $crate::__private::on_request_body::<$plugin>(&__WASMGATE_PLUGIN, body)
                 }
 
                 fn on_response_body(
-                    resp: &$crate::ResponseHead,
                     body: ::std::vec::Vec<u8>,
-                ) -> $crate::BodyAction {
-                    $crate::__private::on_response_body::<$plugin>(&__WASMGATE_PLUGIN, resp, body)
+                ) -> $crate::bindings::wasmgate::plugin::types::BodyAction {
+                    $crate::__private::on_response_body::<$plugin>(&__WASMGATE_PLUGIN, body)
                 }
             }
 
@@ -268,7 +323,7 @@ macro_rules! export_plugin {
 
 #[doc(hidden)]
 pub mod __private {
-    use super::{Action, BodyAction, Phases, Plugin, Request, ResponseHead};
+    use super::{wit, Phases, Plugin, Request, ResponseHead};
     use std::cell::RefCell;
     use std::thread::LocalKey;
 
@@ -298,38 +353,36 @@ pub mod __private {
         Ok(phases)
     }
 
-    pub fn on_request<P: Plugin>(slot: &'static LocalKey<Slot<P>>, req: &Request) -> Action {
+    pub fn on_request<P: Plugin>(slot: &'static LocalKey<Slot<P>>) -> wit::Action {
         slot.with(|s| match s.0.borrow_mut().as_mut() {
-            Some(plugin) => plugin.on_request(req),
+            Some(plugin) => plugin.on_request(&Request(())).into(),
             None => not_configured("on-request"),
         })
     }
 
-    pub fn on_response<P: Plugin>(slot: &'static LocalKey<Slot<P>>, resp: &ResponseHead) -> Action {
+    pub fn on_response<P: Plugin>(slot: &'static LocalKey<Slot<P>>) -> wit::Action {
         slot.with(|s| match s.0.borrow_mut().as_mut() {
-            Some(plugin) => plugin.on_response(resp),
+            Some(plugin) => plugin.on_response(&ResponseHead(())).into(),
             None => not_configured("on-response"),
         })
     }
 
     pub fn on_request_body<P: Plugin>(
         slot: &'static LocalKey<Slot<P>>,
-        req: &Request,
         body: Vec<u8>,
-    ) -> BodyAction {
+    ) -> wit::BodyAction {
         slot.with(|s| match s.0.borrow_mut().as_mut() {
-            Some(plugin) => plugin.on_request_body(req, body),
+            Some(plugin) => plugin.on_request_body(&Request(()), body).into(),
             None => not_configured("on-request-body"),
         })
     }
 
     pub fn on_response_body<P: Plugin>(
         slot: &'static LocalKey<Slot<P>>,
-        resp: &ResponseHead,
         body: Vec<u8>,
-    ) -> BodyAction {
+    ) -> wit::BodyAction {
         slot.with(|s| match s.0.borrow_mut().as_mut() {
-            Some(plugin) => plugin.on_response_body(resp, body),
+            Some(plugin) => plugin.on_response_body(&ResponseHead(()), body).into(),
             None => not_configured("on-response-body"),
         })
     }
@@ -376,7 +429,107 @@ fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
+/// The request head, during [`Plugin::on_request`] and
+/// [`Plugin::on_request_body`]: reads copy only what they return across the
+/// boundary; changes apply to the request sent upstream.
+///
+/// It stands for the request of the call in progress (the WIT `request`
+/// interface); only the SDK makes one, and only for those two phases.
+pub struct Request(());
+
 impl Request {
+    /// The method, e.g. `"GET"`.
+    pub fn method(&self) -> String {
+        request::method()
+    }
+
+    /// `"http"` or `"https"`.
+    pub fn scheme(&self) -> String {
+        request::scheme()
+    }
+
+    /// The host the client addressed (with the port if it gave one).
+    pub fn authority(&self) -> String {
+        request::authority()
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> String {
+        request::path()
+    }
+
+    /// The query, without the `?`.
+    pub fn query(&self) -> Option<String> {
+        request::query()
+    }
+
+    /// The client's address as `"ip:port"`.
+    pub fn client_addr(&self) -> String {
+        request::client_addr()
+    }
+
+    /// The name of the matched route.
+    pub fn route(&self) -> String {
+        request::route()
+    }
+
+    /// The first value of a header (the name is case-insensitive).
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        request::header(name)
+    }
+
+    /// Every value of a header.
+    pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        request::header_all(name)
+    }
+
+    /// All headers, in order.
+    pub fn headers(&self) -> Vec<Header> {
+        request::headers()
+    }
+
+    /// Sets a header, replacing its values; `Err` names an invalid name or
+    /// value.
+    pub fn set_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        request::set_header(name, value)
+    }
+
+    /// Adds a value to a header.
+    pub fn append_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        request::append_header(name, value)
+    }
+
+    /// Removes every value of a header.
+    pub fn remove_header(&self, name: &str) {
+        request::remove_header(name)
+    }
+
+    /// Replaces the path (and query, if it contains `?`) sent upstream.
+    pub fn set_path(&self, path_and_query: &str) -> Result<(), String> {
+        request::set_path(path_and_query)
+    }
+
+    /// Replaces the `Host` sent upstream.
+    pub fn set_authority(&self, authority: &str) -> Result<(), String> {
+        request::set_authority(authority)
+    }
+
+    /// Sends the request to another upstream of the gateway config.
+    pub fn set_upstream(&self, name: &str) -> Result<(), String> {
+        request::set_upstream(name)
+    }
+
+    /// An entry of the per-request context shared along the chain.
+    pub fn context_get(&self, key: &str) -> Option<String> {
+        request::context_get(key)
+    }
+
+    /// Sets an entry of the per-request context (seen by later plugins and
+    /// the access log).
+    pub fn context_set(&self, key: &str, value: &str) {
+        request::context_set(key, value)
+    }
+
     /// The first value of a header as UTF-8 text; `None` if the header is
     /// missing or its value is not UTF-8.
     pub fn header_str(&self, name: &str) -> Option<String> {
@@ -420,7 +573,62 @@ fn client_ip_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
+/// The response head, during [`Plugin::on_response`] and
+/// [`Plugin::on_response_body`] (the WIT `response` interface), like
+/// [`Request`].
+pub struct ResponseHead(());
+
 impl ResponseHead {
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        response::status()
+    }
+
+    /// Replaces the status code (200–999).
+    pub fn set_status(&self, status: u16) -> Result<(), String> {
+        response::set_status(status)
+    }
+
+    /// The first value of a header (the name is case-insensitive).
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        response::header(name)
+    }
+
+    /// Every value of a header.
+    pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        response::header_all(name)
+    }
+
+    /// All headers, in order.
+    pub fn headers(&self) -> Vec<Header> {
+        response::headers()
+    }
+
+    /// Sets a header, replacing its values.
+    pub fn set_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        response::set_header(name, value)
+    }
+
+    /// Adds a value to a header.
+    pub fn append_header(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        response::append_header(name, value)
+    }
+
+    /// Removes every value of a header.
+    pub fn remove_header(&self, name: &str) {
+        response::remove_header(name)
+    }
+
+    /// An entry of the per-request context.
+    pub fn context_get(&self, key: &str) -> Option<String> {
+        response::context_get(key)
+    }
+
+    /// Sets an entry of the per-request context.
+    pub fn context_set(&self, key: &str, value: &str) {
+        response::context_set(key, value)
+    }
+
     /// The first value of a header as UTF-8 text; `None` if the header is
     /// missing or its value is not UTF-8.
     pub fn header_str(&self, name: &str) -> Option<String> {

@@ -1,12 +1,14 @@
 //! `huge-output` (test plugin): pushes `bytes` bytes across the boundary in
 //! the request phase, to test the host's cap on bytes copied out of a guest.
 //!
-//! Config: `{ "bytes": 67108864, "where": "body" | "header" | "request-header" }`
+//! Config: `{ "bytes": 67108864, "where": "body" | "header" | "request-header" | "replies" }`
 //! (defaults: 64 MiB, `body`).
 //! * `body`: answers 200 with a body of `bytes` bytes;
 //! * `header`: answers 200 with a header `x-huge` of `bytes` bytes;
 //! * `request-header`: sets request header `x-huge` to `bytes` bytes and
-//!   continues.
+//!   continues;
+//! * `replies`: makes `bytes` small replies (WIT `reply` resources) and
+//!   holds them all, then continues.
 
 use serde::Deserialize;
 use wasmgate_plugin::prelude::*;
@@ -18,6 +20,7 @@ enum Where {
     Body,
     Header,
     RequestHeader,
+    Replies,
 }
 
 #[derive(Deserialize)]
@@ -43,12 +46,22 @@ impl Plugin for HugeOutput {
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
-        let huge = vec![b'x'; self.0.bytes];
+        let huge = || vec![b'x'; self.0.bytes];
         match self.0.place {
-            Where::Body => Response::new(200).body(huge).into(),
-            Where::Header => Response::new(200).header("x-huge", huge).into(),
+            Where::Body => Response::new(200).body(huge()).into(),
+            Where::Header => Response::new(200).header("x-huge", huge()).into(),
             Where::RequestHeader => {
-                req.set_header("x-huge", &huge).log_err("x-huge");
+                req.set_header("x-huge", &huge()).log_err("x-huge");
+                Action::Continue
+            }
+            Where::Replies => {
+                // The raw bindings: the SDK makes a reply only for the one a
+                // phase returns.
+                use wasmgate_plugin::bindings::wasmgate::plugin::types::Reply;
+                let held: Vec<Reply> = (0..self.0.bytes)
+                    .map(|_| Reply::new(200, &[], b"ok"))
+                    .collect();
+                drop(held);
                 Action::Continue
             }
         }

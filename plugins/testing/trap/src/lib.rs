@@ -1,10 +1,13 @@
 //! `trap` (test plugin): traps in one phase.
 //!
-//! Config: `{ "phase": "request" | "response" | "configure", "how": "panic" | "unreachable" | "sleep" }`
+//! Config: `{ "phase": "request" | "response" | "configure", "how": "panic" | "unreachable" | "sleep" | "other-head" }`
 //! (defaults: `request`, `panic`). `panic` prints a message (and logs it
 //! through the host) before aborting; `unreachable` executes the wasm
 //! `unreachable` instruction directly; `sleep` sleeps 5 ms (which the host
-//! refuses: plugins may not wait), then panics if it was let through.
+//! refuses: plugins may not wait), then panics if it was let through;
+//! `other-head` calls a function of the head this phase does not have (the
+//! WIT `response` interface in the request phase, `request` otherwise),
+//! which the host refuses, then panics if it was let through.
 
 use serde::Deserialize;
 use wasmgate_plugin::prelude::*;
@@ -25,6 +28,8 @@ enum How {
     Panic,
     Unreachable,
     Sleep,
+    #[serde(rename = "other-head")]
+    OtherHead,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +58,15 @@ fn trap(how: How, phase: Phase) -> ! {
         How::Sleep => {
             std::thread::sleep(std::time::Duration::from_millis(5));
             panic!("trap plugin: the host let the plugin sleep")
+        }
+        How::OtherHead => {
+            // The raw bindings: the SDK hands out no head outside its phase.
+            use wasmgate_plugin::bindings::wasmgate::plugin::{request, response};
+            let _ = match phase {
+                Phase::Request => response::status().to_string(),
+                _ => request::method(),
+            };
+            panic!("trap plugin: the host let the plugin use another phase's head")
         }
     }
 }
