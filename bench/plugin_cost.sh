@@ -32,10 +32,14 @@
 # (also on CPU 0, idle while the first is loaded); both binaries take turns
 # on every route of every round, and the report adds a table of
 # the second against the first (e.g. the PGO build against the release one).
+# COMPARE_WASM=/dir gives the second gateway the plugin components in that
+# directory instead (e.g. a build of another WIT version, which the first
+# binary could not load).
 #
 # Environment: ROUNDS=9, DURATION=3 (seconds per route and round), CONNS=50,
 # UPSTREAM=1, NO_BUILD=1 (skip the release build), PGO=1 (the profile-guided build,
-# target/pgo/release/wasmgate, made by scripts/pgo.sh), WASMGATE_BIN, RESULTS (default
+# target/pgo/release/wasmgate, made by scripts/pgo.sh), WASMGATE_BIN, COMPARE,
+# COMPARE_WASM, RESULTS (default
 # bench/results/plugin_cost.md). Needs wrk, curl, taskset, python3 and the
 # plugins built (cd plugins && cargo build --release --target wasm32-wasip2);
 # UPSTREAM=1 also needs nginx.
@@ -74,7 +78,9 @@ fi
 [ -x "$WASMGATE_BIN" ] || die "no binary at $WASMGATE_BIN"
 COMPARE="${COMPARE:-}"
 [ -z "$COMPARE" ] || [ -x "$COMPARE" ] || die "no binary at COMPARE=$COMPARE"
+COMPARE_WASM="${COMPARE_WASM:-$WASM}"
 check_plugin_files "$WASM"
+[ -z "$COMPARE" ] || check_plugin_files "$COMPARE_WASM"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/wasmgate-plugin-cost.XXXXXX")"
 PIDS=()
@@ -99,7 +105,8 @@ address = "127.0.0.1:PORT"
 EOF
 # The upstream and the nginx peer (UPSTREAM=1) listen on the last two ports.
 BINS=("$WASMGATE_BIN")
-[ -z "$COMPARE" ] || BINS+=("$COMPARE")
+WASMS=("$WASM")
+[ -z "$COMPARE" ] || { BINS+=("$COMPARE"); WASMS+=("$COMPARE_WASM"); }
 read -r -a PORTS <<<"$(free_ports $((${#BINS[@]} + 2)))"
 UP_PORT="${PORTS[-2]}"
 NGX_PORT="${PORTS[-1]}"
@@ -117,7 +124,6 @@ status = 200
 body = "ok"'
 fi
 ROUTES="$PLUGIN_ROUTES"
-plugin_routes_toml "$WASM" "$TARGET" >>"$TMP/gw.toml"
 
 HDR=(-H "x-bench-in: v" -H "x-api-key: bench-key")
 NGX_PIDS=0
@@ -139,6 +145,7 @@ fi
 for i in "${!BINS[@]}"; do
     port="${PORTS[$i]}"
     sed "s/127.0.0.1:PORT/127.0.0.1:$port/" "$TMP/gw.toml" >"$TMP/gw$i.toml"
+    plugin_routes_toml "${WASMS[$i]}" "$TARGET" >>"$TMP/gw$i.toml"
     taskset -c 0 "${BINS[$i]}" run --config "$TMP/gw$i.toml" --threads 1 >"$TMP/gw$i.out" 2>"$TMP/gw$i.err" &
     PIDS+=($!)
     wait_ok "http://127.0.0.1:$port/plain" "${PIDS[-1]}" \
