@@ -44,7 +44,8 @@ pub struct PluginState {
     pub lending: Lending,
     /// Replies made and not yet returned or dropped.
     pub live_replies: u32,
-    /// WASI's resources (the guest's standard library may open streams).
+    /// WASI's resources (the guest's standard library may open streams)
+    /// and the replies the plugin made.
     pub table: ResourceTable,
     pub wasi: WasiCtx,
     pub limits: StoreLimits,
